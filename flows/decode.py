@@ -1,0 +1,314 @@
+"""Batch decode and validation: one Kafka poll (`RawBatch`) in, one Arrow table of valid readings out.
+
+The fast path hands the whole poll to pyarrow's JSON reader at once and validates with vectorised
+checks, so no Python code runs per reading. Only when the reader rejects the batch (a malformed or
+mistyped message somewhere in it) does each message get a per-message look to name the culprits; the
+rest is then decoded in one go again. Every rejected message becomes a `DeadLetter` with its original
+bytes, the reason and its source partition/offset — nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from plantpulse.schema import (
+    MACHINE_ID_PATTERN,
+    MAX_SEQ,
+    PHYSICAL_LIMITS,
+    SCHEMA_VERSION,
+    SENSORS,
+    STATUSES,
+    WIRE_ARROW_SCHEMA,
+    RawBatch,
+)
+
+# Dead-letter reasons (the `reason` header of a dead-letter record).
+NOT_JSON = "not_json"
+SCHEMA = "schema"
+NON_FINITE = "non_finite"
+OUT_OF_RANGE = "out_of_range"
+BAD_MACHINE_ID = "bad_machine_id"
+BAD_STATUS = "bad_status"
+TS_FUTURE = "ts_future"
+TS_TOO_OLD = "ts_too_old"
+OVERSIZED = "oversized"
+UNSUPPORTED_VERSION = "unsupported_version"
+LATE = "late"
+
+_REQUIRED = ("machine_id", "ts", "seq", "status")
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A rejected message: the original bytes and why, with where it came from."""
+
+    value: bytes
+    key: bytes | None
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class DecodedBatch(msgspec.Struct):
+    """Valid readings of one poll (columns: see `DECODED_COLUMNS`) and the rejected ones."""
+
+    readings: pa.Table
+    dead_letters: list[DeadLetter]
+    received: int
+
+
+class _LooseReading(msgspec.Struct):
+    """Wire shape with every field optional: used only to find which message broke a batch."""
+
+    machine_id: str | None = None
+    ts: int | None = None
+    seq: int | None = None
+    status: str | None = None
+    temperature: float | None = None
+    pressure: float | None = None
+    vibration: float | None = None
+    rpm: float | None = None
+    power: float | None = None
+    v: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """What a valid reading must satisfy besides its schema. `max_event_age_ms=0` disables the age check."""
+
+    max_payload_bytes: int = 4096
+    max_future_skew_ms: int = 300_000
+    max_event_age_ms: int = 7 * 86_400_000
+
+
+_PARSE_OPTIONS = pa_json.ParseOptions(explicit_schema=WIRE_ARROW_SCHEMA, unexpected_field_behavior="ignore")
+_READ_OPTIONS = pa_json.ReadOptions(use_threads=True, block_size=1 << 18)  # blocks parse in parallel
+_LOOSE_DECODER = msgspec.json.Decoder(_LooseReading)
+_STATUS_SET = pa.array(STATUSES)
+
+
+class BatchDecoder:
+    """Decodes and validates whole `RawBatch`es.
+
+    >>> import json
+    >>> from plantpulse.schema import RawBatch
+    >>> good = {"machine_id": "M1", "ts": 1_764_000_000_000, "seq": 1, "status": "running", "rpm": 1500}
+    >>> batch = RawBatch("telemetry", 0, [10, 11], [json.dumps(good).encode(), b"{oops"])
+    >>> out = BatchDecoder().decode(batch, now_ms=1_764_000_000_000)
+    >>> out.readings.num_rows, [(d.reason, d.offset) for d in out.dead_letters]
+    (1, [('not_json', 11)])
+    """
+
+    def __init__(self, limits: ValidationLimits | None = None) -> None:
+        self.limits = limits or ValidationLimits()
+
+    def decode(self, batch: RawBatch, now_ms: int) -> DecodedBatch:
+        """Decode one poll; `now_ms` is the wall clock the timestamp checks compare against."""
+        values = batch.values
+        dead: list[DeadLetter] = []
+        limit = self.limits.max_payload_bytes
+        sizes = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        oversized = np.flatnonzero(sizes > limit)
+        for i in oversized.tolist():
+            dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
+        candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
+        table = self._parse(batch, candidates, dead)
+        readings = self._validate(batch, table, candidates, now_ms, dead)
+        return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
+
+    def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> pa.Table:
+        """Parse candidates into a wire-schema table; drops (and dead-letters) unparseable ones in place."""
+        if not candidates:
+            return WIRE_ARROW_SCHEMA.empty_table()
+        values = batch.values
+        table = _read_json_lines(values if len(candidates) == len(values) else [values[i] for i in candidates])
+        if table is not None:
+            return table
+        keep = []
+        for i in candidates:
+            problem = _classify_unparseable(values[i])
+            if problem is None:
+                keep.append(i)
+            else:
+                dead.append(_dead(batch, i, *problem))
+        candidates[:] = keep
+        if not keep:
+            return WIRE_ARROW_SCHEMA.empty_table()
+        table = _read_json_lines([values[i] for i in keep])
+        if table is None:
+            # The per-message check accepted what the batch reader refused: trust the per-message decode.
+            rows = [msgspec.structs.asdict(_LOOSE_DECODER.decode(values[i])) for i in keep]
+            table = pa.Table.from_pylist(rows, schema=WIRE_ARROW_SCHEMA)
+        return table
+
+    def _validate(
+        self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter]
+    ) -> pa.Table:
+        n = table.num_rows
+        if n == 0:
+            return _decoded_table(table, batch, np.zeros(0, np.int64), [])
+        reasons = np.zeros(n, dtype=np.int8)  # 0 = valid, else index into _REASON_ORDER (first failing wins)
+
+        def fail(mask: np.ndarray, reason: str) -> None:
+            code = _REASON_ORDER.index(reason)
+            reasons[(reasons == 0) & mask] = code
+
+        version = table["v"]
+        fail(_np_bool(pc.and_(pc.is_valid(version), pc.not_equal(version, SCHEMA_VERSION))), UNSUPPORTED_VERSION)
+        for name in _REQUIRED:
+            fail(_np_bool(pc.is_null(table[name])), SCHEMA)
+        machine_ok = pc.match_substring_regex(table["machine_id"], MACHINE_ID_PATTERN)
+        fail(~_np_bool(machine_ok, null_as=True), BAD_MACHINE_ID)
+        fail(~_np_bool(pc.is_in(table["status"], value_set=_STATUS_SET), null_as=True), BAD_STATUS)
+        for sensor in SENSORS:
+            values = table[sensor].to_numpy(zero_copy_only=False)  # nulls become NaN
+            valid = _np_bool(pc.is_valid(table[sensor]))
+            fail(valid & ~np.isfinite(values), NON_FINITE)
+            low, high = PHYSICAL_LIMITS[sensor]
+            with np.errstate(invalid="ignore"):
+                fail(valid & ((values < low) | (values > high)), OUT_OF_RANGE)
+        seq = table["seq"].fill_null(0).to_numpy()
+        fail((seq < 0) | (seq >= MAX_SEQ), OUT_OF_RANGE)
+        ts = table["ts"].fill_null(now_ms).to_numpy()
+        fail(ts > now_ms + self.limits.max_future_skew_ms, TS_FUTURE)
+        if self.limits.max_event_age_ms:
+            fail(ts < now_ms - self.limits.max_event_age_ms, TS_TOO_OLD)
+
+        bad = np.flatnonzero(reasons)
+        if len(bad):
+            rows_of_bad = [rows[j] for j in bad.tolist()]
+            bad_rows = table.take(pa.array(bad)).to_pylist()
+            for row_index, row, code in zip(rows_of_bad, bad_rows, reasons[bad].tolist()):
+                reason = _REASON_ORDER[code]
+                dead.append(_dead(batch, row_index, reason, _detail(reason, row, now_ms, self.limits)))
+            good = np.flatnonzero(reasons == 0)
+            table = table.take(pa.array(good))
+            rows = [rows[j] for j in good.tolist()]
+        return _decoded_table(table, batch, np.asarray(rows, dtype=np.int64), rows)
+
+
+_REASON_ORDER = (
+    "",
+    UNSUPPORTED_VERSION,
+    SCHEMA,
+    BAD_MACHINE_ID,
+    BAD_STATUS,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    TS_FUTURE,
+    TS_TOO_OLD,
+)
+
+DECODED_COLUMNS = ("machine_id", "ts", "seq", *SENSORS, "status", "kafka_partition", "kafka_offset", "raw")
+
+
+def _decoded_table(wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows: list[int]) -> pa.Table:
+    offsets = np.asarray(batch.offsets, dtype=np.int64)[positions] if len(positions) else np.zeros(0, np.int64)
+    columns = {
+        "machine_id": wire["machine_id"],
+        "ts": wire["ts"],
+        "seq": wire["seq"],
+        **{sensor: wire[sensor] for sensor in SENSORS},
+        "status": wire["status"],
+        "kafka_partition": pa.array(np.full(len(positions), batch.partition, dtype=np.int32)),
+        "kafka_offset": pa.array(offsets),
+        "raw": _binary_array(batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows]),
+    }
+    return pa.table(columns)
+
+
+def _binary_array(values: list[bytes]) -> pa.Array:
+    """Arrow binary array over one joined buffer (a copy per batch, not an object per message)."""
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int32, count=len(values)), out=offsets[1:])
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
+    )
+
+
+def _read_json_lines(values: list[bytes]) -> pa.Table | None:
+    """Parse newline-delimited messages in one call; None when any message spoils the batch."""
+    joined = b"\n".join(values)
+    if joined.count(b"\n") != len(values) - 1 or b"\r" in joined:
+        # Raw line breaks are only legal as JSON whitespace (inside strings they must be escaped), so
+        # blanking them keeps every document's meaning and restores one line per message.
+        joined = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
+    try:
+        table = pa_json.read_json(io.BytesIO(joined), read_options=_READ_OPTIONS, parse_options=_PARSE_OPTIONS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return table if table.num_rows == len(values) else None
+
+
+def _classify_unparseable(value: bytes) -> tuple[str, str] | None:
+    """Why a single message cannot be decoded, or None when it can."""
+    try:
+        _LOOSE_DECODER.decode(value)
+    except msgspec.ValidationError as error:
+        return (SCHEMA, str(error))
+    except msgspec.DecodeError as error:
+        try:
+            parsed = json.loads(value)  # Python's parser accepts NaN/Infinity, which JSON does not
+        except (ValueError, UnicodeDecodeError):
+            return (NOT_JSON, str(error))
+        if isinstance(parsed, dict) and any(
+            isinstance(parsed.get(s), float) and not math.isfinite(parsed[s]) for s in SENSORS
+        ):
+            return (NON_FINITE, "sensor value is NaN or infinite")
+        return (SCHEMA, str(error))
+    return None
+
+
+def _np_bool(array: pa.ChunkedArray | pa.Array, null_as: bool = False) -> np.ndarray:
+    return array.fill_null(null_as).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _dead(batch: RawBatch, i: int, reason: str, detail: str) -> DeadLetter:
+    key = batch.keys[i] if batch.keys is not None else None
+    return DeadLetter(
+        value=batch.values[i],
+        key=key,
+        reason=reason,
+        detail=detail,
+        topic=batch.topic,
+        partition=batch.partition,
+        offset=batch.offsets[i],
+    )
+
+
+def _detail(reason: str, row: dict, now_ms: int, limits: ValidationLimits) -> str:
+    if reason == UNSUPPORTED_VERSION:
+        return f"schema version v={row['v']}, supported: {SCHEMA_VERSION}"
+    if reason == SCHEMA:
+        missing = [name for name in _REQUIRED if row[name] is None]
+        return f"missing field(s): {', '.join(missing)}"
+    if reason == BAD_MACHINE_ID:
+        return f"machine_id={row['machine_id']!r} does not match {MACHINE_ID_PATTERN}"
+    if reason == BAD_STATUS:
+        return f"status={row['status']!r} is not one of {', '.join(STATUSES)}"
+    if reason == NON_FINITE:
+        return ", ".join(f"{s}={row[s]}" for s in SENSORS if row[s] is not None and not math.isfinite(row[s]))
+    if reason == OUT_OF_RANGE:
+        parts = [
+            f"{s}={row[s]} outside [{PHYSICAL_LIMITS[s][0]}, {PHYSICAL_LIMITS[s][1]}]"
+            for s in SENSORS
+            if row[s] is not None and not PHYSICAL_LIMITS[s][0] <= row[s] <= PHYSICAL_LIMITS[s][1]
+        ]
+        if not 0 <= row["seq"] < MAX_SEQ:
+            parts.append(f"seq={row['seq']} outside [0, 2**39)")
+        return "; ".join(parts)
+    if reason == TS_FUTURE:
+        return f"ts={row['ts']} is {(row['ts'] - now_ms) / 1000:.0f} s ahead of the wall clock"
+    if reason == TS_TOO_OLD:
+        return f"ts={row['ts']} is {(now_ms - row['ts']) / 1000:.0f} s old (limit {limits.max_event_age_ms / 1000:.0f} s)"
+    return reason

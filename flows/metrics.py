@@ -1,0 +1,32 @@
+"""Prometheus metrics of the telemetry flow (scraped by Prometheus/Grafana and by the demo's live view)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+READINGS_RECEIVED = Counter("plantpulse_readings_received_total", "Messages pulled from the telemetry topic.")
+READINGS_ACCEPTED = Counter("plantpulse_readings_accepted_total", "Valid, non-duplicate, on-time readings.")
+DEAD_LETTERS = Counter("plantpulse_dead_letters_total", "Messages sent to the dead-letter topic.", ["reason"])
+DUPLICATES = Counter("plantpulse_duplicates_total", "Readings dropped as duplicates of (machine, seq).")
+WINDOWS_EMITTED = Counter("plantpulse_windows_emitted_total", "Closed (machine, window) rows emitted.")
+ALERTS_RAISED = Counter("plantpulse_alerts_total", "Alerts raised.", ["severity"])
+STALE_MACHINES = Counter("plantpulse_stale_transitions_total", "Machines that turned stale.")
+EVENT_TIME_LAG = Gauge("plantpulse_event_time_lag_seconds", "Wall clock minus the newest event time closed.")
+
+_log = logging.getLogger("plantpulse.metrics")
+_started: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """Expose metrics on `port` once per process; a busy port is logged, not fatal."""
+    if port <= 0 or port in _started:
+        return
+    try:
+        start_http_server(port, addr="0.0.0.0")
+    except OSError as error:
+        _log.warning("metrics endpoint not started on port %d: %s", port, error)
+        return
+    _started.add(port)
+    _log.info("metrics on http://0.0.0.0:%d/metrics", port)

@@ -1,0 +1,89 @@
+"""The live telemetry dataflow: Kafka `telemetry` -> decode/validate -> windows + rules -> sinks.
+
+Run it with `python -m bytewax.run flows.telemetry:flow` (or `plantpulse run`); it is configured only by
+the environment (see `plantpulse.settings`). `flow` is built on first access, so importing this module
+reads no environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bytewax.operators as op
+import orjson
+import pyarrow as pa
+from bytewax.dataflow import Dataflow
+
+from connectors.clickhouse import ClickHouseSink
+from connectors.kafka import KafkaRecord, KafkaRecordSink, TelemetrySource
+from flows import metrics
+from flows.decode import DeadLetter
+from flows.pipeline import PipelineConfig, process_telemetry
+from plantpulse.settings import Settings
+
+
+def build_flow(settings: Settings | None = None) -> Dataflow:
+    """Wire the live flow from settings."""
+    settings = settings or Settings()
+    metrics.serve_metrics(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
+                          if settings.metrics_port else 0)
+    flow = Dataflow("plantpulse_telemetry")
+    raw = op.input("telemetry_in", flow, TelemetrySource(settings))
+    streams = process_telemetry("process", raw, PipelineConfig.from_settings(settings))
+
+    def dead_letter_record(letter: DeadLetter) -> KafkaRecord:
+        return KafkaRecord(
+            key=letter.key,
+            value=letter.value,
+            headers=[
+                ("reason", letter.reason.encode()),
+                ("detail", letter.detail.encode()),
+                ("source_topic", (letter.topic or settings.telemetry_topic).encode()),
+                ("source_partition", str(letter.partition).encode()),
+                ("source_offset", str(letter.offset).encode()),
+            ],
+        )
+
+    op.output(
+        "deadletter_out",
+        op.map("deadletter_records", streams.dead_letters, dead_letter_record),
+        KafkaRecordSink(settings, settings.deadletter_topic),
+    )
+    op.output(
+        "alerts_kafka_out",
+        op.flat_map("alert_records", streams.alerts, alert_records),
+        KafkaRecordSink(settings, settings.alerts_topic),
+    )
+    tables = op.merge(
+        "tables",
+        op.map("window_rows", streams.window_stats, lambda t: ("window_stats", ("window_stats", t))),
+        op.map("alert_rows", streams.alerts, lambda t: ("alerts", ("alerts", t))),
+        op.map("state_rows", streams.machine_state, lambda t: ("machine_state", ("machine_state", t))),
+    )
+    op.output("clickhouse_out", tables, ClickHouseSink(settings))
+    return flow
+
+
+def alert_records(alerts: pa.Table) -> list[KafkaRecord]:
+    """One JSON record per alert, keyed by machine, timestamps as epoch milliseconds."""
+    rows = alerts.cast(_ALERTS_AS_MS).to_pylist()
+    return [KafkaRecord(key=row["machine_id"].encode(), value=orjson.dumps(row), headers=None) for row in rows]
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.telemetry:flow` looks the flow up here; building it on access keeps
+    # environment reading out of import time.
+    if name == "flow":
+        return build_flow()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _alerts_as_ms() -> pa.Schema:
+    from plantpulse.schema import ALERT_ARROW_SCHEMA
+
+    return pa.schema(
+        [pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in ALERT_ARROW_SCHEMA]
+    )
+
+
+_ALERTS_AS_MS = _alerts_as_ms()

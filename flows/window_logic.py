@@ -1,0 +1,95 @@
+"""The Bytewax side of the window state: a `StatefulBatchLogic` per shard, and the shard splitter."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.operators import StatefulBatchLogic
+
+from flows.window_state import ShardWindows, WindowOutput, shard_index, shard_key
+
+TICK = timedelta(seconds=1)
+# Closing windows after every small batch would emit many tiny tables; closing at most this often keeps
+# outputs large while adding well under a second to a window's latency.
+CLOSE_INTERVAL_S = 0.5
+
+
+def split_by_shard(readings: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
+    """Split decoded readings into one table per shard key (see `flows.window_state.shard_index`)."""
+    if readings.num_rows == 0:
+        return []
+    encoded = pc.dictionary_encode(readings["machine_id"]).combine_chunks()
+    machine_shard = np.fromiter(
+        (shard_index(m, shards) for m in encoded.dictionary.to_pylist()),
+        dtype=np.int64,
+        count=len(encoded.dictionary),
+    )
+    row_shard = machine_shard[encoded.indices.to_numpy()]
+    order = np.argsort(row_shard, kind="stable")
+    sorted_shards = row_shard[order]
+    bounds = np.flatnonzero(np.diff(sorted_shards)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(order)]))
+    ordered = readings.take(pa.array(order))
+    return [
+        (shard_key(int(sorted_shards[a])), ordered.slice(a, b - a)) for a, b in zip(starts.tolist(), ends.tolist())
+    ]
+
+
+class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
+    """Feeds a shard's readings to `ShardWindows`, closes windows on every batch and every second.
+
+    `clock` returns wall-clock seconds; tests pass a fake one to make idle and stale timing exact.
+    """
+
+    def __init__(self, windows: ShardWindows, clock: Callable[[], float] = time.time) -> None:
+        self.windows = windows
+        self.clock = clock
+        self.last_close_s = 0.0
+
+    def on_batch(self, values: list[pa.Table]) -> tuple[Iterable[WindowOutput], bool]:
+        now = self.clock()
+        outputs = [self.windows.add(table, now) for table in values]
+        if now - self.last_close_s >= CLOSE_INTERVAL_S:
+            self.last_close_s = now
+            outputs.append(self.windows.close(now))
+        return [o for o in outputs if _has_content(o)], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[WindowOutput], bool]:
+        self.last_close_s = self.clock()
+        output = self.windows.close(self.last_close_s)
+        return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[WindowOutput], bool]:
+        # A bounded input (replay, benchmark, test) has ended: every open window is complete.
+        output = self.windows.close(self.clock(), flush_all=True)
+        return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(timezone.utc) + TICK
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.windows, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def restore_windows(fresh: ShardWindows, snapshot: bytes | None) -> ShardWindows:
+    """Return `fresh` with the snapshotted state (if any) loaded; configuration comes from `fresh`."""
+    if snapshot is not None:
+        fresh.restore(pickle.loads(snapshot).__dict__)
+    return fresh
+
+
+def _has_content(output: WindowOutput) -> bool:
+    return bool(
+        output.window_stats is not None
+        or output.machine_state is not None
+        or output.dead_letters
+        or output.duplicates
+        or output.accepted
+    )

@@ -1,0 +1,188 @@
+"""`plantpulse` command line: broker, sim, run, sql, demo. The roof of the house: nothing imports it.
+
+Every command reads its configuration from the environment (`plantpulse.settings`); options only cover
+what differs per invocation. Errors end with a one-line reason on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+from plantpulse.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="PlantPulse: real-time predictive maintenance.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"plantpulse: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]).upper()
+        _fail(f"invalid configuration {where}: {first['msg']}")
+        raise  # unreachable: _fail exits
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def broker(port: int = typer.Option(0, help="Port to listen on (0: a free port).")) -> None:
+    """Run the embedded Kafka-protocol broker (tansu) in the foreground."""
+    from connectors.broker import BrokerStartError, EmbeddedBroker
+
+    try:
+        with EmbeddedBroker(port=port or None) as running:
+            typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap}", err=False)
+            sys.stdout.flush()
+            try:
+                running.wait()
+            except KeyboardInterrupt:
+                pass
+    except (BrokerStartError, ImportError) as error:
+        _fail(str(error))
+
+
+@app.command()
+def sim(
+    machines: int = typer.Option(1000, min=1, help="Fleet size."),
+    rate: Optional[float] = typer.Option(None, min=1, help="Total readings per second, in real time."),
+    as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="No pacing."),
+    duration: Optional[float] = typer.Option(None, min=0.001, help="Seconds of event time to simulate."),
+    count: Optional[int] = typer.Option(None, min=1, help="Number of messages to send."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same stream."),
+    faults: str = typer.Option("all", help="Comma-separated fault kinds, 'all' or 'none'."),
+    fault_rate: float = typer.Option(0.05, min=0, max=1, help="Fraction of machines given a fault."),
+    imperfections: str = typer.Option("", help="e.g. 'duplicates=0.01,late=0.001,malformed=0.001'."),
+    record: Optional[Path] = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
+) -> None:
+    """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
+    from sim.cli_support import run_sim_command
+
+    if (rate is None) == (not as_fast_as_possible):
+        _fail("give exactly one of --rate R or --as-fast-as-possible")
+    if (duration is None) == (count is None):
+        _fail("give exactly one of --duration S or --count C")
+    settings = _settings()
+    _logging(settings)
+    try:
+        summary = run_sim_command(
+            settings,
+            machines=machines,
+            rate=rate,
+            duration=duration,
+            count=count,
+            seed=seed,
+            faults=faults,
+            fault_rate=fault_rate,
+            imperfections=imperfections,
+            record=record,
+        )
+    except (ValueError, RuntimeError, OSError) as error:
+        _fail(str(error))
+    typer.echo(summary)
+
+
+@app.command()
+def run(
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker threads in this process."),
+    process_id: Optional[int] = typer.Option(None, "--process-id", "-i", help="This process's id in a cluster."),
+    addresses: Optional[str] = typer.Option(None, "--addresses", "-a", help="'host:port;host:port' of all processes."),
+    processes: Optional[int] = typer.Option(None, "--processes", "-p", min=1, help="Number of processes (checks -a)."),
+) -> None:
+    """Run the telemetry flow (recovery on when RECOVERY_DIR is set)."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.run import cli_main
+
+    from flows.telemetry import build_flow
+
+    settings = _settings()
+    _logging(settings)
+    if (process_id is None) != (addresses is None):
+        _fail("--process-id and --addresses go together")
+    if processes is not None and addresses is not None and len(addresses.split(";")) != processes:
+        _fail(f"--processes {processes} but --addresses lists {len(addresses.split(';'))}")
+    recovery = None
+    if settings.recovery_dir is not None:
+        recovery_dir = Path(settings.recovery_dir)
+        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
+            recovery_dir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(recovery_dir, settings.recovery_partitions)
+        recovery = RecoveryConfig(recovery_dir)
+    try:
+        flow = build_flow(settings)
+    except (ValueError, OSError) as error:
+        _fail(str(error))
+    cli_main(
+        flow,
+        workers_per_process=workers,
+        process_id=process_id,
+        addresses=addresses.split(";") if addresses else None,
+        epoch_interval=timedelta(seconds=settings.snapshot_interval_seconds),
+        recovery_config=recovery,
+    )
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="SQL to run on $CLICKHOUSE_URL."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+) -> None:
+    """Run SQL on the configured ClickHouse (embedded chDB or a server) and print the result."""
+    from plantpulse.output import print_result
+
+    from connectors.clickhouse import EmbeddedDatabaseBusy, run_sql
+
+    settings = _settings()
+    try:
+        columns, rows = run_sql(settings, query)
+    except EmbeddedDatabaseBusy as error:
+        _fail(str(error))
+    except Exception as error:  # noqa: BLE001 - any database error becomes one line, not a traceback
+        _fail(f"query failed: {str(error).strip().splitlines()[0]}")
+    print_result(columns, rows, output.value)
+
+
+@app.command()
+def demo(
+    duration: Optional[float] = typer.Option(None, min=5, help="Stop after this many seconds (default: Ctrl-C)."),
+    machines: int = typer.Option(1000, min=1),
+    rate: float = typer.Option(20_000, min=1, help="Readings per second, whole fleet."),
+    seed: int = typer.Option(7),
+) -> None:
+    """Start broker, flow and simulator on embedded defaults, show live progress, end with a summary."""
+    from plantpulse.demo import run_demo
+
+    settings = _settings()
+    try:
+        run_demo(settings, duration=duration, machines=machines, rate=rate, seed=seed)
+    except KeyboardInterrupt:
+        typer.echo("stopped.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

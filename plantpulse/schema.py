@@ -1,0 +1,165 @@
+"""The telemetry reading: wire schema (JSON, version 1) and the decoded Arrow schema.
+
+A reading on the `telemetry` topic is one JSON object, keyed by `machine_id`::
+
+    {"v": 1, "machine_id": "M00042", "ts": 1764000000000, "seq": 1234,
+     "temperature": 71.3, "pressure": 5.02, "vibration": 2.41, "rpm": 1480.0,
+     "power": 36.8, "status": "running"}
+
+- `v` (int, optional, default 1): schema version. Other versions are dead-lettered.
+- `machine_id` (str): matches `MACHINE_ID_PATTERN`.
+- `ts` (int): event time in **milliseconds since the Unix epoch, UTC**.
+- `seq` (int): per-machine sequence number, increasing, `0 <= seq < 2**39`.
+- `temperature` (degC), `pressure` (bar), `vibration` (mm/s RMS), `rpm` (1/min), `power` (kW):
+  numbers, or `null` when the sensor dropped out. Must be finite and within `PHYSICAL_LIMITS`.
+- `status` (str): one of `STATUSES`.
+
+Extra fields are allowed and ignored. This module imports nothing of PlantPulse's.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SENSORS: tuple[str, ...] = ("temperature", "pressure", "vibration", "rpm", "power")
+STATUSES: tuple[str, ...] = ("running", "idle", "stopped", "maintenance", "fault")
+MACHINE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MAX_SEQ = 2**39
+
+# Values outside these bounds cannot come from a working sensor on our machine types.
+PHYSICAL_LIMITS: dict[str, tuple[float, float]] = {
+    "temperature": (-50.0, 400.0),
+    "pressure": (0.0, 400.0),
+    "vibration": (0.0, 200.0),
+    "rpm": (0.0, 60_000.0),
+    "power": (0.0, 10_000.0),
+}
+
+
+class Reading(msgspec.Struct, omit_defaults=False):
+    """One reading as it travels on the wire (schema version 1)."""
+
+    machine_id: str
+    ts: int
+    seq: int
+    status: str
+    temperature: float | None = None
+    pressure: float | None = None
+    vibration: float | None = None
+    rpm: float | None = None
+    power: float | None = None
+    v: int = SCHEMA_VERSION
+
+
+# What the JSON decoder is told: every field nullable so that a missing field becomes a null that the
+# validator names, instead of a parse error for the whole batch.
+WIRE_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("v", pa.int64()),
+        pa.field("machine_id", pa.string()),
+        pa.field("ts", pa.int64()),
+        pa.field("seq", pa.int64()),
+        *(pa.field(name, pa.float64()) for name in SENSORS),
+        pa.field("status", pa.string()),
+    ]
+)
+
+# A valid reading after decoding, as kept by the flow and written to the raw lake.
+READING_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        *(pa.field(name, pa.float64()) for name in SENSORS),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("kafka_partition", pa.int32(), nullable=False),
+        pa.field("kafka_offset", pa.int64(), nullable=False),
+    ]
+)
+
+
+def _ts_field(name: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, pa.timestamp("ms", tz="UTC"), nullable=nullable)
+
+
+# One row per (machine, window): the flow's window statistics. Std is the population standard deviation
+# (ddof=0); `<sensor>_last` is the value of the latest (ts, seq) reading where that sensor was not null;
+# `secs_<status>` counts the seconds each status held: a reading's status holds until the next reading of the
+# same window, the last one until the window's end.
+WINDOW_STATS_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("machine_type", pa.string(), nullable=False),
+        _ts_field("window_start"),
+        _ts_field("window_end"),
+        pa.field("readings", pa.uint32(), nullable=False),
+        _ts_field("first_ts"),
+        _ts_field("last_ts"),
+        pa.field("last_seq", pa.int64(), nullable=False),
+        *(
+            field
+            for sensor in SENSORS
+            for field in (
+                pa.field(f"{sensor}_count", pa.uint32(), nullable=False),
+                pa.field(f"{sensor}_mean", pa.float64()),
+                pa.field(f"{sensor}_min", pa.float64()),
+                pa.field(f"{sensor}_max", pa.float64()),
+                pa.field(f"{sensor}_std", pa.float64()),
+                pa.field(f"{sensor}_last", pa.float64()),
+            )
+        ),
+        pa.field("status_last", pa.string(), nullable=False),
+        *(pa.field(f"secs_{status}", pa.float64(), nullable=False) for status in STATUSES),
+        _ts_field("emitted_at"),
+    ]
+)
+
+# One row per raised alert. `alert_id` is derived from (machine, rule, window) so a re-raised alert replaces.
+ALERT_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("alert_id", pa.string(), nullable=False),
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("machine_type", pa.string(), nullable=False),
+        pa.field("rule_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly"
+        pa.field("severity", pa.string(), nullable=False),  # "info" | "warning" | "critical"
+        pa.field("sensor", pa.string(), nullable=False),
+        _ts_field("window_start"),
+        _ts_field("window_end"),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        _ts_field("raised_at"),
+    ]
+)
+
+# Latest known state per machine; `state` is "ok" or "stale" (silent for longer than STALE_AFTER_SECONDS).
+MACHINE_STATE_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("machine_type", pa.string(), nullable=False),
+        _ts_field("last_ts"),
+        pa.field("last_seq", pa.int64(), nullable=False),
+        *(pa.field(sensor, pa.float64()) for sensor in SENSORS),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        _ts_field("updated_at"),
+    ]
+)
+
+
+class RawBatch(msgspec.Struct, frozen=True):
+    """Undecoded messages pulled from one Kafka partition in one poll: the unit the flow decodes at once.
+
+    `offsets[i]` is the Kafka offset of `values[i]`; `keys[i]` its message key (or None).
+    Sources that do not read Kafka (benchmarks, replays) use partition -1 and their own row numbers.
+    """
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    values: list[bytes]
+    keys: list[bytes | None] | None = None

@@ -1,0 +1,120 @@
+"""All PlantPulse configuration, read from environment variables when `Settings()` is built.
+
+Every process (demo, flow, simulator, tests, containers, k8s) reads the same variables; the README's
+configuration table lists them with their defaults. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_RULES_FILE = Path(__file__).with_name("config") / "rules.toml"
+
+
+class Settings(BaseSettings):
+    """Process configuration. Field names are the environment variable names (case-insensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path(".plantpulse"), description="Local working directory for embedded defaults.")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = Field(None, description="CA bundle for TLS.")
+    telemetry_topic: str = "telemetry"
+    alerts_topic: str = "alerts"
+    deadletter_topic: str = "telemetry-deadletter"
+    topic_partitions: int = Field(8, ge=1, description="Partitions when PlantPulse creates a topic.")
+    kafka_batch_size: int = Field(10_000, ge=1, description="Max messages pulled per partition per poll.")
+
+    # ClickHouse
+    clickhouse_url: str = Field("", description="chdb:///abs/path (embedded) or http(s)://host:8123.")
+    clickhouse_database: str = "plantpulse"
+    clickhouse_user: str | None = None
+    clickhouse_password: SecretStr | None = None
+    clickhouse_flush_seconds: float = Field(1.0, gt=0, description="Max age of buffered rows before insert.")
+    clickhouse_max_buffer_rows: int = Field(
+        200_000, ge=1, description="Rows buffered per sink before the flow is held back (backpressure)."
+    )
+    clickhouse_sink_partitions: int = Field(
+        1, ge=1, description="Parallel ClickHouse writers; must be 1 with embedded chDB (one process per dir)."
+    )
+
+    # Lake
+    lake_url: str = Field("", description="file:///path or s3://bucket/prefix for raw Parquet.")
+
+    # Recovery
+    recovery_dir: Path | None = Field(None, description="Bytewax recovery store; recovery is off when unset.")
+    snapshot_interval_seconds: float = Field(10.0, gt=0)
+    recovery_partitions: int = Field(4, ge=1, description="Partitions when a new recovery store is created.")
+
+    # Windows and state
+    window_seconds: int = Field(10, ge=1, description="Tumbling window length (event time).")
+    allowed_lateness_seconds: float = Field(2.0, ge=0, description="How long a window waits for stragglers.")
+    idle_close_seconds: float = Field(
+        15.0, gt=0, description="Wall-clock silence after which a machine's open windows are closed."
+    )
+    stale_after_seconds: float = Field(30.0, gt=0, description="Silence after which a machine is 'stale'.")
+    dedup_seq_window: int = Field(
+        1024, ge=16, description="Duplicates are recognised among each machine's last N sequence numbers."
+    )
+    state_shards: int = Field(32, ge=1, description="Keyed-state shards (fixed for a recovery store).")
+
+    # Validation
+    max_payload_bytes: int = Field(4096, ge=64)
+    max_future_skew_seconds: float = Field(300.0, ge=0)
+    max_event_age_seconds: float = Field(7 * 86400.0, ge=0, description="0 disables the too-old check.")
+
+    # Rules and fleet metadata
+    rules_file: Path = PACKAGED_RULES_FILE
+    machines_file: Path | None = Field(None, description="CSV machine_id,site,line,machine_type.")
+
+    # Observability
+    metrics_port: int = Field(9464, ge=0, description="Prometheus metrics port (+process id); 0 disables.")
+    log_level: str = "INFO"
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        allowed = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+        if value.upper() not in allowed:
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={value!r}: expected one of {sorted(allowed)}")
+        return value.upper()
+
+    def model_post_init(self, __context: Any) -> None:
+        # Defaults that depend on DATA_DIR are resolved here so one variable moves all local state.
+        data_dir = self.data_dir.resolve()
+        if not self.clickhouse_url:
+            object.__setattr__(self, "clickhouse_url", f"chdb://{data_dir / 'chdb'}")
+        if not self.lake_url:
+            object.__setattr__(self, "lake_url", f"file://{data_dir / 'lake'}")
+        if self.machines_file is None:
+            object.__setattr__(self, "machines_file", data_dir / "machines.csv")
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka client properties shared by producers, consumers and admin clients."""
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return config
