@@ -146,7 +146,8 @@ def evaluate_rules(
         )
         values = readings.sensors[rule.sensor]
         held = rule.holds(values) & np.repeat(applicable, groups.lengths)
-        run_seconds = _run_seconds(held, groups, continues, np.where(from_carry, carry.seconds[group_midx, r], 0.0))
+        carried_in = np.where(from_carry, carry.seconds[group_midx, r], 0.0)
+        run_seconds = _run_ms(held, groups, continues, np.round(carried_in * 1000).astype(np.int64)) / 1000.0
         longest = np.fmax.reduceat(np.where(held, run_seconds, np.nan), starts)
         extreme_fn = np.fmax if rule.op.startswith(">") else np.fmin
         extreme = extreme_fn.reduceat(np.where(held, values, np.nan), starts)
@@ -179,22 +180,25 @@ def evaluate_rules(
     return alerts_table(rows) if rows else None
 
 
-def _run_seconds(held: np.ndarray, groups: Groups, continues: np.ndarray, carried_in: np.ndarray) -> np.ndarray:
-    """For each reading where the condition holds: seconds the current run has lasted up to its end."""
+def _run_ms(held: np.ndarray, groups: Groups, continues: np.ndarray, carried_in: np.ndarray) -> np.ndarray:
+    """For each reading where the condition holds: ms the current run has lasted up to its end.
+
+    Integer milliseconds keep the running sums exact, so results do not depend on how the readings were
+    split across calls (a resumed run equals an uninterrupted one).
+    """
     n = len(held)
     previous_held = np.zeros(n, dtype=bool)
     previous_held[1:] = held[:-1]
     # A group's first row may only extend the previous row's run when the windows continue each other.
     previous_held[groups.starts] &= continues
     run_start = held & ~previous_held
-    cumulative = np.cumsum(np.where(held, groups.hold_s, 0.0))
+    cumulative = np.cumsum(np.where(held, groups.hold_ms, 0))
     start_index = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))
-    before_start = np.where(start_index > 0, cumulative[start_index - 1], 0.0)
-    seconds = cumulative - before_start
+    before_start = np.where(start_index > 0, cumulative[start_index - 1], 0)
     # Runs that begin at a group's first row pick up the breach carried over from the previous close.
-    carried = np.zeros(n)
+    carried = np.zeros(n, dtype=np.int64)
     carried[groups.starts] = carried_in
-    return seconds + carried[start_index]
+    return cumulative - before_start + carried[start_index]
 
 
 def alerts_table(rows: list[dict]) -> pa.Table:

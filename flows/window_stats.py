@@ -52,7 +52,7 @@ class Groups:
 
     starts: np.ndarray  # first row of each group
     lasts: np.ndarray  # last row of each group
-    hold_s: np.ndarray  # per reading: seconds until the next reading of its window, or the window end
+    hold_ms: np.ndarray  # per reading: ms until the next reading of its window, or the window end (exact ints)
 
     @classmethod
     def of(cls, readings: ClosedReadings, window_ms: int) -> Groups:
@@ -63,7 +63,7 @@ class Groups:
         following = np.empty_like(ts)
         following[:-1] = ts[1:]
         following[lasts] = ws[lasts] + window_ms
-        return cls(starts=starts, lasts=lasts, hold_s=(following - ts) / 1000.0)
+        return cls(starts=starts, lasts=lasts, hold_ms=following - ts)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -114,8 +114,8 @@ def window_stats_table(
             columns[f"{sensor}_{stat}"] = values
     columns["status_last"] = np.asarray(STATUSES, dtype=object)[readings.status[lasts]]
     for code, status in enumerate(STATUSES):
-        held = np.where(readings.status == code, groups.hold_s, 0.0)
-        columns[f"secs_{status}"] = np.add.reduceat(held, starts)
+        held = np.where(readings.status == code, groups.hold_ms, 0)
+        columns[f"secs_{status}"] = np.add.reduceat(held, starts) / 1000.0
     columns["emitted_at"] = np.full(len(starts), emitted_at_ms, dtype=np.int64)
     return pa.Table.from_arrays(
         [_arrow(columns[field.name], field.type) for field in WINDOW_STATS_ARROW_SCHEMA],
