@@ -1,0 +1,60 @@
+"""Retry policy shared by the sinks: capped exponential backoff with jitter.
+
+The ClickHouse, Kafka and lake sinks all retry an unavailable destination forever rather than drop data;
+they differ only in what they retry, so this module holds just the timing policy.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+
+class Backoff:
+    """Capped exponential backoff: `initial`, `initial * multiplier`, ... up to `maximum` seconds.
+
+    Each delay is spread by +/- `jitter` (a fraction) so that many writers recovering from the same outage
+    do not retry in lockstep. Call `reset()` after a success so the next outage starts fast again.
+    """
+
+    def __init__(
+        self,
+        initial: float = 0.2,
+        maximum: float = 10.0,
+        multiplier: float = 2.0,
+        jitter: float = 0.1,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"Backoff: need 0 < initial <= maximum, got initial={initial!r} maximum={maximum!r}")
+        if multiplier < 1:
+            raise ValueError(f"Backoff: multiplier must be >= 1, got {multiplier!r}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"Backoff: jitter must be in [0, 1), got {jitter!r}")
+        self.initial = initial
+        self.maximum = maximum
+        self.multiplier = multiplier
+        self.jitter = jitter
+        self._rng = rng or random.Random()
+        self.failures = 0  # consecutive failures since the last reset()
+
+    def next_delay(self) -> float:
+        """Record one more failure and return how long to wait before the next attempt."""
+        # The exponent is capped so that an outage of days (thousands of failures) cannot overflow a float.
+        base = min(self.maximum, self.initial * self.multiplier ** min(self.failures, 64))
+        self.failures += 1
+        spread = base * self.jitter
+        return min(self.maximum, max(0.0, base + self._rng.uniform(-spread, spread)))
+
+    def wait(self, stop: threading.Event | None = None) -> float:
+        """Sleep for `next_delay()` seconds, returning early if `stop` is set; returns the planned delay."""
+        delay = self.next_delay()
+        if stop is None:
+            threading.Event().wait(delay)
+        else:
+            stop.wait(delay)
+        return delay
+
+    def reset(self) -> None:
+        """Forget past failures (call after a success)."""
+        self.failures = 0
