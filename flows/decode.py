@@ -123,7 +123,7 @@ class BatchDecoder:
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
         table = self._parse(batch, candidates, dead)
-        readings = self._validate(batch, table, candidates, now_ms, dead)
+        readings = self._validate(batch, table, candidates, now_ms, dead, sizes)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
     def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> pa.Table:
@@ -152,11 +152,11 @@ class BatchDecoder:
         return table
 
     def _validate(
-        self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter]
+        self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter], sizes: np.ndarray
     ) -> pa.Table:
         n = table.num_rows
         if n == 0:
-            return _decoded_table(table, batch, np.zeros(0, np.int64), [])
+            return _decoded_table(table, batch, np.zeros(0, np.int64), [], sizes)
         reasons = np.zeros(n, dtype=np.int8)  # 0 = valid, else index into _REASON_ORDER (first failing wins)
 
         def fail(mask: np.ndarray, reason: str) -> None:
@@ -194,7 +194,7 @@ class BatchDecoder:
             good = np.flatnonzero(reasons == 0)
             table = table.take(pa.array(good))
             rows = [rows[j] for j in good.tolist()]
-        return _decoded_table(table, batch, np.asarray(rows, dtype=np.int64), rows)
+        return _decoded_table(table, batch, np.asarray(rows, dtype=np.int64), rows, sizes)
 
 
 _REASON_ORDER = (
@@ -212,7 +212,9 @@ _REASON_ORDER = (
 DECODED_COLUMNS = ("machine_id", "ts", "seq", *SENSORS, "status", "kafka_partition", "kafka_offset", "raw")
 
 
-def _decoded_table(wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows: list[int]) -> pa.Table:
+def _decoded_table(
+    wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows: list[int], sizes: np.ndarray
+) -> pa.Table:
     offsets = np.asarray(batch.offsets, dtype=np.int64)[positions] if len(positions) else np.zeros(0, np.int64)
     columns = {
         "machine_id": wire["machine_id"],
@@ -222,15 +224,17 @@ def _decoded_table(wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows:
         "status": wire["status"],
         "kafka_partition": pa.array(np.full(len(positions), batch.partition, dtype=np.int32)),
         "kafka_offset": pa.array(offsets),
-        "raw": _binary_array(batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows]),
+        "raw": _binary_array(
+            batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows], sizes[positions]
+        ),
     }
     return pa.table(columns)
 
 
-def _binary_array(values: list[bytes]) -> pa.Array:
+def _binary_array(values: list[bytes], sizes: np.ndarray) -> pa.Array:
     """Arrow binary array over one joined buffer (a copy per batch, not an object per message)."""
     offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int32, count=len(values)), out=offsets[1:])
+    np.cumsum(sizes, out=offsets[1:])
     return pa.BinaryArray.from_buffers(
         pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
     )

@@ -19,7 +19,7 @@ from flows import metrics
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
 from flows.fleet import load_machine_types
 from flows.rules import ThresholdRule, load_rules
-from flows.window_logic import ShardWindowLogic, restore_windows, split_by_shard
+from flows.window_logic import ShardSplitter, ShardWindowLogic, restore_windows
 from flows.window_state import ShardWindows, WindowConfig, WindowOutput
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
@@ -84,7 +84,8 @@ def process_telemetry(
         return ShardWindowLogic(restore_windows(fresh, snapshot), clock)
 
     decoded = op.map("decode", raw, decode)
-    sharded = op.flat_map("shard", decoded, lambda d: split_by_shard(d.readings, config.shards))
+    splitter = ShardSplitter(config.shards)
+    sharded = op.flat_map("shard", decoded, lambda d: splitter(d.readings))
     outputs = op.key_rm("outputs", op.stateful_batch("windows", sharded, build_logic))
     counted = op.map("count", outputs, _count)
     late = op.flat_map("late", counted, lambda o: o.dead_letters or [])

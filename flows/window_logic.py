@@ -20,16 +20,28 @@ TICK = timedelta(seconds=1)
 CLOSE_INTERVAL_S = 0.5
 
 
-def split_by_shard(readings: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
-    """Split decoded readings into one table per shard key (see `flows.window_state.shard_index`)."""
+class ShardSplitter:
+    """Splits decoded readings into one table per shard key (see `flows.window_state.shard_index`)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self._shard_of: dict[str, int] = {}
+
+    def __call__(self, readings: pa.Table) -> list[tuple[str, pa.Table]]:
+        return split_by_shard(readings, self.shards, self._shard_of)
+
+
+def split_by_shard(readings: pa.Table, shards: int, cache: dict[str, int] | None = None) -> list[tuple[str, pa.Table]]:
+    """Split decoded readings into one table per shard key; `cache` remembers machines' shards."""
     if readings.num_rows == 0:
         return []
+    cache = {} if cache is None else cache
     encoded = pc.dictionary_encode(readings["machine_id"]).combine_chunks()
-    machine_shard = np.fromiter(
-        (shard_index(m, shards) for m in encoded.dictionary.to_pylist()),
-        dtype=np.int64,
-        count=len(encoded.dictionary),
-    )
+    machines = encoded.dictionary.to_pylist()
+    for machine in machines:
+        if machine not in cache:
+            cache[machine] = shard_index(machine, shards)
+    machine_shard = np.fromiter(map(cache.__getitem__, machines), dtype=np.int64, count=len(machines))
     row_shard = machine_shard[encoded.indices.to_numpy()]
     order = np.argsort(row_shard, kind="stable")
     sorted_shards = row_shard[order]

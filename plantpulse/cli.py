@@ -71,7 +71,7 @@ def sim(
     record: Optional[Path] = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
 ) -> None:
     """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
-    from sim.cli_support import run_sim_command
+    from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, write_fleet_csv
 
     if (rate is None) == (not as_fast_as_possible):
         _fail("give exactly one of --rate R or --as-fast-as-possible")
@@ -80,21 +80,20 @@ def sim(
     settings = _settings()
     _logging(settings)
     try:
-        summary = run_sim_command(
-            settings,
-            machines=machines,
-            rate=rate,
-            duration=duration,
-            count=count,
-            seed=seed,
-            faults=faults,
-            fault_rate=fault_rate,
-            imperfections=imperfections,
-            record=record,
+        fleet = build_fleet(machines, seed)
+        simulator = Simulator(
+            fleet, seed=seed, faults=faults, fault_rate=fault_rate, imperfections=parse_imperfections(imperfections)
         )
-    except (ValueError, RuntimeError, OSError) as error:
+        if settings.machines_file is not None and not Path(settings.machines_file).exists():
+            write_fleet_csv(Path(settings.machines_file), fleet)  # the flow reads machine types from it
+        summary = produce(settings, simulator, rate=rate, duration_s=duration, count=count, record_path=record)
+    except (ValueError, ProduceError, OSError) as error:
         _fail(str(error))
-    typer.echo(summary)
+    typer.echo(
+        f"sent {summary.messages:,} messages ({summary.readings:,} readings) to {summary.topic} in "
+        f"{summary.wall_seconds:.1f} s ({summary.messages_per_second:,.0f}/s); faults {summary.fault_events}; "
+        f"imperfections {summary.imperfections}" + (f"; recorded to {summary.record_path}" if summary.record_path else "")
+    )
 
 
 @app.command()

@@ -1,0 +1,115 @@
+"""`make bench`: engine throughput (project flow vs per-event flow) and end-to-end latency.
+
+    python -m bench.run [--readings N] [--machines M] [--runs K] [--skip-e2e]
+
+Writes `bench/results/latest.json` (and a timestamped copy). Figures are medians of K runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sim import Simulator, build_fleet, record_only
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+DATA = ROOT / "data"
+KEY = ["machine_id", "window_start"]
+
+
+def recording(readings: int, machines: int, seed: int = 42) -> Path:
+    path = DATA / f"fleet-{machines}m-{readings}r-s{seed}.parquet"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        print(f"recording {readings:,} readings of {machines:,} machines to {path} …", flush=True)
+        simulator = Simulator(build_fleet(machines, seed), seed=seed, faults="all", fault_rate=0.05)
+        record_only(simulator, count=readings, path=path)
+    return path
+
+
+def run_variant(name: str, data: Path, runs: int) -> tuple[dict, Path]:
+    measured = []
+    out = RESULTS / f"windows-{name}.parquet"
+    for i in range(runs):
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.variant", name, str(data), str(out)],
+            check=True, capture_output=True, text=True, cwd=ROOT.parent,
+        )
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        print(f"  {name} run {i + 1}/{runs}: {result['events_per_s']:,} readings/s, {result['seconds']} s, "
+              f"peak RSS {result['peak_rss_mb']} MB", flush=True)
+        measured.append(result)
+    summary = dict(measured[0])
+    for field in ("seconds", "events_per_s", "peak_rss_mb", "rss_after_loading_input_mb"):
+        summary[field] = statistics.median(m[field] for m in measured)
+    summary["runs"] = [{k: m[k] for k in ("seconds", "events_per_s", "peak_rss_mb")} for m in measured]
+    return summary, out
+
+
+def compare(flow_out: Path, per_event_out: Path) -> dict:
+    """Both variants must produce the same window rows (same keys, values equal to 1e-9 relative)."""
+    a = pq.read_table(flow_out).to_pandas().sort_values(KEY).reset_index(drop=True)
+    b = pq.read_table(per_event_out).to_pandas().sort_values(KEY).reset_index(drop=True)
+    if len(a) != len(b) or not (a[KEY].values == b[KEY].values).all():
+        return {"equal": False, "why": f"window keys differ: {len(a)} vs {len(b)} rows"}
+    mismatched = []
+    for column in b.columns:
+        if column not in a:
+            continue
+        left, right = a[column], b[column]
+        if left.dtype.kind in "fiu" and right.dtype.kind in "fiu":
+            if not np.allclose(left.astype(float), right.astype(float), rtol=1e-9, atol=1e-9, equal_nan=True):
+                mismatched.append(column)
+        elif left.astype(str).tolist() != right.astype(str).tolist():
+            mismatched.append(column)
+    return {"equal": not mismatched, "rows": len(a), "columns_compared": len(b.columns), "mismatched": mismatched}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=2_000_000)
+    parser.add_argument("--machines", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--per-event-runs", type=int, default=1)
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = recording(args.readings, args.machines)
+
+    print("engine benchmark (broker bypassed):", flush=True)
+    flow, flow_out = run_variant("flow", data, args.runs)
+    per_event, per_event_out = run_variant("per_event", data, args.per_event_runs)
+    results = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cores": __import__("os").cpu_count()},
+        "input": {"file": data.name, "readings": args.readings, "machines": args.machines},
+        "engine": {
+            "flow": flow,
+            "per_event": per_event,
+            "speedup": round(flow["events_per_s"] / per_event["events_per_s"], 2),
+            "results_equal": compare(flow_out, per_event_out),
+            "targets": {"flow_events_per_s": 300_000, "speedup": 5.0, "peak_rss_mb": 1536},
+        },
+    }
+    if not args.skip_e2e:
+        from bench.e2e import run_e2e
+
+        print("end-to-end benchmark (embedded broker, chDB):", flush=True)
+        results["end_to_end"] = run_e2e()
+    text = json.dumps(results, indent=2)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    (RESULTS / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

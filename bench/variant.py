@@ -1,0 +1,114 @@
+"""One benchmark variant in its own process (so peak RSS is its own): `python -m bench.variant NAME DATA OUT`.
+
+Reads the recorded fleet file, cuts it into Kafka-like polls (messages spread over partitions by machine,
+each partition read in order, `batch` messages per poll, partitions visited round-robin as a consumer
+does), runs the variant's Bytewax flow on them with `run_main`, writes its window rows to OUT (Parquet,
+timestamps as epoch ms) and prints one JSON line with the measurements.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from bench.per_event import build_per_event_flow
+from flows.decode import ValidationLimits
+from flows.pipeline import PipelineConfig, process_telemetry
+from flows.rules import load_rules
+from flows.window_state import WindowConfig
+from plantpulse.schema import RawBatch
+from plantpulse.settings import PACKAGED_RULES_FILE
+
+PARTITIONS = 8
+BATCH = 10_000
+WINDOW_MS = 10_000
+LATENESS_MS = 2_000
+
+
+class KafkaLikePolls:
+    """Re-iterable polls over a recording, built lazily so the input stays compact Arrow memory.
+
+    Like a consumer: each partition is read in order, `BATCH` messages per poll, partitions round-robin.
+    """
+
+    def __init__(self, path: Path) -> None:
+        table = pq.read_table(path, columns=["machine_id", "raw"])
+        self.raw = table["raw"].combine_chunks()
+        encoded = table["machine_id"].combine_chunks().dictionary_encode()
+        machine_partition = np.array(
+            [zlib.crc32(m.encode()) % PARTITIONS for m in encoded.dictionary.to_pylist()], dtype=np.int64
+        )
+        row_partition = machine_partition[encoded.indices.to_numpy()]
+        self.rows = [np.flatnonzero(row_partition == p) for p in range(PARTITIONS)]
+        self.events = len(self.raw)
+
+    def __iter__(self):
+        cursor = [0] * PARTITIONS
+        while any(cursor[p] < len(self.rows[p]) for p in range(PARTITIONS)):
+            for p in range(PARTITIONS):
+                rows = self.rows[p][cursor[p] : cursor[p] + BATCH]
+                if len(rows):
+                    values = self.raw.take(pa.array(rows)).to_pylist()
+                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values)
+                    cursor[p] += len(rows)
+
+
+def run_flow(batches: KafkaLikePolls) -> list[pa.Table]:
+    config = PipelineConfig(
+        limits=ValidationLimits(max_event_age_ms=0),  # a recording: its age says nothing about validity
+        windows=WindowConfig(window_ms=WINDOW_MS, lateness_ms=LATENESS_MS),
+        rules=tuple(load_rules(PACKAGED_RULES_FILE)),
+        machine_types={},
+        shards=32,
+    )
+    out: list[pa.Table] = []
+    flow = Dataflow("bench_flow")
+    streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), config)
+    op.output("out", streams.window_stats, TestingSink(out))
+    run_main(flow)
+    return out
+
+
+def run_per_event(batches: KafkaLikePolls) -> list[pa.Table]:
+    rows: list[dict] = []
+    run_main(build_per_event_flow(batches, WINDOW_MS, LATENESS_MS, TestingSink(rows)))
+    return [pa.Table.from_pylist(rows)]
+
+
+def main() -> None:
+    name, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    batches = KafkaLikePolls(data)
+    events = batches.events
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    runner = {"flow": run_flow, "per_event": run_per_event}[name]
+    started = time.perf_counter()
+    tables = runner(batches)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = pa.concat_tables(tables, promote_options="default")
+    columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in result.columns]
+    pq.write_table(pa.table(columns, names=result.column_names), out)
+    print(orjson.dumps({
+        "variant": name,
+        "events": events,
+        "windows": result.num_rows,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(events / seconds),
+        "peak_rss_mb": round(peak, 1),
+        "rss_after_loading_input_mb": round(rss_before, 1),
+    }).decode())
+
+
+if __name__ == "__main__":
+    main()
