@@ -1,0 +1,56 @@
+"""Shared pytest fixtures.
+
+- `broker`: one embedded tansu broker for the whole session (memory-only, starts in milliseconds).
+- `kafka_settings`: a factory of `Settings` pointing at that broker, with topic names unique to each
+  call, so tests never see each other's messages even though they share the broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.broker import EmbeddedBroker
+from connectors.topics import ensure_topics
+from plantpulse.settings import Settings
+
+_topic_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A running embedded broker shared by the session; its log is kept in the session's tmp dir."""
+    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker")) as running:
+        yield running
+
+
+@pytest.fixture
+def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
+    """Factory: `kafka_settings(create_topics=False, partitions=None, **overrides) -> Settings`.
+
+    Each call gets fresh telemetry/alerts/dead-letter topic names and `data_dir=tmp_path`; keyword
+    overrides are passed to `Settings`. With `create_topics=True` the three topics are created with
+    `partitions` (default `Settings.topic_partitions`) before the settings are returned.
+    """
+
+    def make(*, create_topics: bool = False, partitions: int | None = None, **overrides: Any) -> Settings:
+        suffix = f"{next(_topic_counter)}-{uuid.uuid4().hex[:8]}"
+        fields: dict[str, Any] = {
+            "kafka_bootstrap_servers": broker.bootstrap,
+            "telemetry_topic": f"telemetry-{suffix}",
+            "alerts_topic": f"alerts-{suffix}",
+            "deadletter_topic": f"deadletter-{suffix}",
+            "data_dir": tmp_path,
+        }
+        fields.update(overrides)
+        settings = Settings(**fields)
+        if create_topics:
+            ensure_topics(settings, partitions)
+        return settings
+
+    return make
