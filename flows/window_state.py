@@ -117,7 +117,13 @@ class ShardWindows:
         duplicate |= repeated_in_batch
 
         ws = ts - ts % window_ms
-        late = ~duplicate & (ws + window_ms <= self.closed_until[midx])
+        # Late is decided by event time alone: the window's end plus the allowed lateness has been passed by
+        # the machine's newest reading before this one (even within this batch), or the window was closed
+        # by idleness. So the outcome does not depend on batch boundaries or on when windows are emitted.
+        newest_before = np.maximum(self.max_ts[midx], _running_max_before(midx, ts))
+        late = ~duplicate & (
+            (ws + window_ms + self.config.lateness_ms <= newest_before) | (ws + window_ms <= self.closed_until[midx])
+        )
         accept = ~duplicate & ~late
         output = WindowOutput(duplicates=int(duplicate.sum()), accepted=int(accept.sum()))
         if late.any():
@@ -267,6 +273,23 @@ class ShardWindows:
     @property
     def open_readings(self) -> int:
         return sum(len(c["ts"]) for c in self.buffer)
+
+
+def _running_max_before(midx: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per row: the largest `ts` of earlier rows of the same machine in this batch (or _NEVER)."""
+    n = len(ts)
+    order = np.lexsort((np.arange(n), midx))
+    machines, times = midx[order].astype(np.int64), ts[order]
+    base = int(times.min()) if n else 0
+    # Offsetting each machine's times into its own range lets one running maximum serve all machines.
+    span = 1 << 44
+    running = np.maximum.accumulate(machines * span + (times - base)) - machines * span + base
+    before = np.full(n, _NEVER, dtype=np.int64)
+    same_machine = machines[1:] == machines[:-1]
+    before[1:][same_machine] = running[:-1][same_machine]
+    result = np.empty(n, dtype=np.int64)
+    result[order] = before
+    return result
 
 
 def _take(rows: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:

@@ -29,6 +29,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield running
 
 
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one embedded ClickHouse directory of the session: chDB opens one path per process, so every
+    test shares it and isolates itself with a database of its own."""
+    return tmp_path_factory.mktemp("chdb") / "engine"
+
+
 @pytest.fixture
 def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Settings]:
     """Factory: `kafka_settings(create_topics=False, partitions=None, **overrides) -> Settings`.

@@ -60,11 +60,6 @@ HOUR0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("chdb") / "engine"
-
-
 @pytest.fixture(scope="module")
 def engine(chdb_dir: Path) -> Iterator[Client]:
     client = connect(Settings(clickhouse_url=f"chdb://{chdb_dir}"))
