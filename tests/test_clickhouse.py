@@ -68,9 +68,10 @@ def engine(chdb_dir: Path) -> Iterator[Client]:
 
 
 @pytest.fixture
-def settings(engine: Client, chdb_dir: Path, request: pytest.FixtureRequest) -> Settings:
+def settings(engine: Client, chdb_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     database = re.sub(r"\W", "_", f"t{next(_db_numbers)}_{request.node.name}")[:60]
     return Settings(
+        data_dir=tmp_path,  # nothing from the working directory (e.g. a demo's machines.csv) leaks in
         clickhouse_url=f"chdb://{chdb_dir}",
         clickhouse_database=database,
         clickhouse_flush_seconds=0.05,
