@@ -46,6 +46,21 @@ class KafkaConsumeError(RuntimeError):
     """A consumer reported an error other than end-of-partition."""
 
 
+class KafkaUnreachableError(ConnectionError):
+    """No broker answered at the configured bootstrap servers."""
+
+
+def check_reachable(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when no broker answers (instead of clients retrying in silence)."""
+    try:
+        _admin(settings).list_topics(timeout=timeout_s)
+    except KafkaException as error:
+        raise KafkaUnreachableError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} within {timeout_s:g} s "
+            f"(KAFKA_BOOTSTRAP_SERVERS): {error.args[0].str() if error.args else error}"
+        ) from None
+
+
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Explicit per-topic configs, so retention never silently depends on the broker's defaults.
 

@@ -7,8 +7,6 @@ reads no environment.
 
 from __future__ import annotations
 
-import os
-
 import bytewax.operators as op
 import orjson
 import pyarrow as pa
@@ -25,8 +23,7 @@ from plantpulse.settings import Settings
 def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
     """Wire the live flow from settings; `tail=False` stops at the end of the topic (tests, catch-up)."""
     settings = settings or Settings()
-    metrics.serve_metrics(settings.metrics_port + int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
-                          if settings.metrics_port else 0)
+    metrics.serve_metrics(settings.metrics_port)
     flow = Dataflow("plantpulse_telemetry")
     raw = op.input("telemetry_in", flow, TelemetrySource(settings, tail=tail))
     streams = process_telemetry("process", raw, PipelineConfig.from_settings(settings))

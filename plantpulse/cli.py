@@ -36,6 +36,15 @@ def _settings(**overrides: object) -> Settings:
         raise  # unreachable: _fail exits
 
 
+def _require_kafka(settings: Settings) -> None:
+    from connectors.topics import KafkaUnreachableError, check_reachable
+
+    try:
+        check_reachable(settings)
+    except KafkaUnreachableError as error:
+        _fail(str(error))
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -79,6 +88,7 @@ def sim(
         _fail("give exactly one of --duration S or --count C")
     settings = _settings()
     _logging(settings)
+    _require_kafka(settings)
     try:
         fleet = build_fleet(machines, seed)
         simulator = Simulator(
@@ -98,23 +108,37 @@ def sim(
 
 @app.command()
 def run(
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker threads in this process."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker threads in this process."),
     process_id: Optional[int] = typer.Option(None, "--process-id", "-i", help="This process's id in a cluster."),
     addresses: Optional[str] = typer.Option(None, "--addresses", "-a", help="'host:port;host:port' of all processes."),
     processes: Optional[int] = typer.Option(None, "--processes", "-p", min=1, help="Number of processes (checks -a)."),
 ) -> None:
-    """Run the telemetry flow (recovery on when RECOVERY_DIR is set)."""
+    """Run the telemetry flow (recovery on when RECOVERY_DIR is set).
+
+    Options override the BYTEWAX_* environment (BYTEWAX_PROCESS_ID, BYTEWAX_ADDRESSES, or the StatefulSet
+    variables BYTEWAX_POD_NAME/BYTEWAX_STATEFULSET_NAME/BYTEWAX_SERVICE_NAME/BYTEWAX_REPLICAS).
+    """
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
     from flows.telemetry import build_flow
 
-    settings = _settings()
+    overrides: dict[str, object] = {}
+    if process_id is not None:
+        overrides["bytewax_process_id"] = process_id
+    if addresses is not None:
+        overrides["bytewax_addresses"] = addresses
+    if workers is not None:
+        overrides["bytewax_workers_per_process"] = workers
+    settings = _settings(**overrides)
     _logging(settings)
-    if (process_id is None) != (addresses is None):
-        _fail("--process-id and --addresses go together")
-    if processes is not None and addresses is not None and len(addresses.split(";")) != processes:
-        _fail(f"--processes {processes} but --addresses lists {len(addresses.split(';'))}")
+    try:
+        cluster_id, cluster_addresses = settings.cluster()
+    except ValueError as error:
+        _fail(str(error))
+    if processes is not None and len(cluster_addresses or [""]) != processes:
+        _fail(f"--processes {processes} but {len(cluster_addresses or [''])} address(es) are configured")
+    _require_kafka(settings)
     recovery = None
     if settings.recovery_dir is not None:
         recovery_dir = Path(settings.recovery_dir)
@@ -126,14 +150,22 @@ def run(
         flow = build_flow(settings)
     except (ValueError, OSError) as error:
         _fail(str(error))
-    cli_main(
-        flow,
-        workers_per_process=workers,
-        process_id=process_id,
-        addresses=addresses.split(";") if addresses else None,
-        epoch_interval=timedelta(seconds=settings.snapshot_interval_seconds),
-        recovery_config=recovery,
-    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.bytewax_workers_per_process,
+            process_id=cluster_id,
+            addresses=cluster_addresses,
+            epoch_interval=timedelta(seconds=settings.snapshot_interval_seconds),
+            recovery_config=recovery,
+        )
+    except KeyboardInterrupt:
+        logging.getLogger("plantpulse").info("flow stopped by signal")
+    except Exception as error:  # noqa: BLE001 - Bytewax wraps a SIGINT/SIGTERM stop in its runtime error
+        if "signal received" in str(error):
+            logging.getLogger("plantpulse").info("flow stopped by signal")
+            return
+        raise
 
 
 class OutputFormat(str, Enum):

@@ -17,7 +17,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
@@ -73,7 +72,7 @@ def run_demo(settings: Settings, duration: float | None, machines: int, rate: fl
             flow = _spawn([sys.executable, "-m", "plantpulse.cli", "run"], env, logs / "flow.log")
             children.append(flow)
             sim_args = [sys.executable, "-m", "plantpulse.cli", "sim", "--machines", str(machines), "--rate", str(rate),
-                        "--seed", str(seed), "--faults", "all", "--fault-rate", "0.05",
+                        "--seed", str(seed), "--faults", "all", "--fault-rate", "0.1",
                         "--imperfections", "duplicates=0.002,late=0.0005,out_of_order=0.01,malformed=0.001"]
             sim_args += ["--duration", str(duration)] if duration else ["--duration", str(10 * 365 * 86400)]
             simulator = _spawn(sim_args, env, logs / "sim.log")
@@ -83,7 +82,7 @@ def run_demo(settings: Settings, duration: float | None, machines: int, rate: fl
         finally:
             for child in children:
                 _stop(child)
-        _summary(console, settings, counters, broker_settings=settings)
+        _summary(console, settings, counters)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -193,17 +192,17 @@ def _view(counters: LiveCounters, rate: float, top: collections.Counter, elapsed
     return Group(table, anomalous)
 
 
-def _summary(console: Console, settings: Settings, counters: LiveCounters, broker_settings: Settings) -> None:
+def _summary(console: Console, settings: Settings, counters: LiveCounters) -> None:
     console.rule("summary")
     console.print(
         f"readings received {counters.received:,.0f} · accepted {counters.accepted:,.0f} · "
         f"duplicates {counters.duplicates:,.0f} · dead letters {sum(counters.dead_letters.values()):,.0f} "
-        f"{dict(sorted(counters.dead_letters.items()))}"
+        f"{ {reason: int(n) for reason, n in sorted(counters.dead_letters.items())} }"
     )
     for query in EXAMPLE_QUERIES[:2]:
         columns, rows = run_sql(settings, query)
-        console.print(result_table(columns, rows, title=query))
+        console.print(f"\n[bold]{query}[/]")
+        console.print(result_table(columns, rows))
     console.print("\nTry more (the embedded ClickHouse is free now):")
     for query in EXAMPLE_QUERIES:
         console.print(f'  .venv/bin/plantpulse sql "{query}"')
-    del broker_settings, orjson

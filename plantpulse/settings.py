@@ -77,8 +77,21 @@ class Settings(BaseSettings):
     rules_file: Path = PACKAGED_RULES_FILE
     machines_file: Path | None = Field(None, description="CSV machine_id,site,line,machine_type.")
 
+    # Bytewax cluster (multi-process). Explicit BYTEWAX_PROCESS_ID/BYTEWAX_ADDRESSES win; in a StatefulSet
+    # the process id comes from the pod ordinal and the addresses from the headless service.
+    bytewax_process_id: int | None = None
+    bytewax_addresses: str | None = Field(None, description="'host:port;host:port', one per process.")
+    bytewax_workers_per_process: int = Field(1, ge=1)
+    bytewax_pod_name: str | None = None
+    bytewax_statefulset_name: str | None = None
+    bytewax_service_name: str | None = None
+    bytewax_replicas: int | None = Field(None, ge=1)
+    bytewax_port: int = 2101
+
     # Observability
-    metrics_port: int = Field(9464, ge=0, description="Prometheus metrics port (+process id); 0 disables.")
+    metrics_port: int = Field(
+        9464, ge=0, description="Prometheus metrics port; 0 disables (give each local process its own)."
+    )
     log_level: str = "INFO"
 
     @field_validator("kafka_security_protocol")
@@ -99,6 +112,25 @@ class Settings(BaseSettings):
         if self.machines_file is None:
             object.__setattr__(self, "machines_file", data_dir / "machines.csv")
 
+    def cluster(self) -> tuple[int | None, list[str] | None]:
+        """(process id, addresses) of this Bytewax process, or (None, None) when running alone."""
+        process_id, addresses = self.bytewax_process_id, self.bytewax_addresses
+        if process_id is None and self.bytewax_pod_name and self.bytewax_statefulset_name:
+            ordinal = self.bytewax_pod_name.removeprefix(self.bytewax_statefulset_name + "-")
+            if not ordinal.isdigit():
+                raise ValueError(
+                    f"BYTEWAX_POD_NAME={self.bytewax_pod_name!r} is not '<BYTEWAX_STATEFULSET_NAME>-<ordinal>'"
+                )
+            process_id = int(ordinal)
+        if addresses is None and process_id is not None and self.bytewax_replicas and self.bytewax_service_name:
+            addresses = ";".join(
+                f"{self.bytewax_statefulset_name}-{i}.{self.bytewax_service_name}:{self.bytewax_port}"
+                for i in range(self.bytewax_replicas)
+            )
+        if (process_id is None) != (addresses is None):
+            raise ValueError("BYTEWAX_PROCESS_ID and BYTEWAX_ADDRESSES go together (or the StatefulSet variables)")
+        return process_id, addresses.split(";") if addresses else None
+
     @property
     def clickhouse_is_embedded(self) -> bool:
         return self.clickhouse_url.startswith("chdb:")
@@ -108,6 +140,9 @@ class Settings(BaseSettings):
         config = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
+            # librdkafka would print every failed connection attempt to stderr; errors still surface as
+            # exceptions and delivery reports, which our code turns into one clear message.
+            "log_level": 2,
         }
         if self.kafka_sasl_mechanism:
             config["sasl.mechanism"] = self.kafka_sasl_mechanism
