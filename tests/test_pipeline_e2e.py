@@ -176,3 +176,24 @@ def test_critical_faults_raise_expected_alerts_and_no_others(run) -> None:
     kafka_alerts = read_topic(settings, settings.alerts_topic)
     assert len(kafka_alerts) == len(actual)
 
+
+
+def test_readme_analyst_queries_run_and_return_rows(run) -> None:
+    """Every ```sql block of the README runs on the flow's tables; all but the stale query return rows."""
+    from connectors.clickhouse import connect, refresh_rollups
+
+    settings, *_ = run
+    client = connect(settings)
+    try:
+        refresh_rollups(client, settings.clickhouse_database)
+    finally:
+        client.close()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    queries = [block.strip() for block in readme.split("```sql")[1:]]
+    queries = [q[: q.index("```")].strip() for q in queries]
+    assert len(queries) >= 5
+    for query in queries:
+        columns, rows = run_sql(settings, query.replace("now() - INTERVAL 1 HOUR", "now() - INTERVAL 1 DAY"))
+        assert columns, query
+        if "stale" not in query:
+            assert rows, query
