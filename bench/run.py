@@ -8,6 +8,7 @@ Writes `bench/results/latest.json` (and a timestamped copy). Figures are medians
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -81,16 +82,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-event-runs", type=int, default=1)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-engine", action="store_true", help="keep the engine figures of latest.json")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = recording(args.readings, args.machines)
+    if args.skip_engine:
+        results = json.loads((RESULTS / "latest.json").read_text())
+        results.pop("end_to_end", None)
+    else:
+        results = engine(args)
+    if not args.skip_e2e:
+        from bench.e2e import run_e2e
 
+        print("end-to-end benchmark (embedded broker, chDB):", flush=True)
+        results["end_to_end"] = run_e2e()
+        results["end_to_end"]["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json.dumps(results, indent=2)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    (RESULTS / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text + "\n")
+    print(text)
+
+
+def engine(args: argparse.Namespace) -> dict:
+    data = recording(args.readings, args.machines)
     print("engine benchmark (broker bypassed):", flush=True)
     flow, flow_out = run_variant("flow", data, args.runs)
     per_event, per_event_out = run_variant("per_event", data, args.per_event_runs)
-    results = {
+    return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cores": __import__("os").cpu_count()},
+        "machine": {"cores": os.cpu_count()},
         "input": {"file": data.name, "readings": args.readings, "machines": args.machines},
         "engine": {
             "flow": flow,
@@ -100,15 +119,6 @@ def main() -> None:
             "targets": {"flow_events_per_s": 300_000, "speedup": 5.0, "peak_rss_mb": 1536},
         },
     }
-    if not args.skip_e2e:
-        from bench.e2e import run_e2e
-
-        print("end-to-end benchmark (embedded broker, chDB):", flush=True)
-        results["end_to_end"] = run_e2e()
-    text = json.dumps(results, indent=2)
-    (RESULTS / "latest.json").write_text(text + "\n")
-    (RESULTS / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(text + "\n")
-    print(text)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from plantpulse.settings import PACKAGED_RULES_FILE
 PARTITIONS = 8
 BATCH = 10_000
 WINDOW_MS = 10_000
-LATENESS_MS = 2_000
+LATENESS_MS = 1_000
 
 
 class KafkaLikePolls:

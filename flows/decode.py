@@ -29,6 +29,7 @@ from plantpulse.schema import (
     STATUSES,
     WIRE_ARROW_SCHEMA,
     RawBatch,
+    binary_array,
 )
 
 # Dead-letter reasons (the `reason` header of a dead-letter record).
@@ -224,20 +225,11 @@ def _decoded_table(
         "status": wire["status"],
         "kafka_partition": pa.array(np.full(len(positions), batch.partition, dtype=np.int32)),
         "kafka_offset": pa.array(offsets),
-        "raw": _binary_array(
+        "raw": binary_array(
             batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows], sizes[positions]
         ),
     }
     return pa.table(columns)
-
-
-def _binary_array(values: list[bytes], sizes: np.ndarray) -> pa.Array:
-    """Arrow binary array over one joined buffer (a copy per batch, not an object per message)."""
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(sizes, out=offsets[1:])
-    return pa.BinaryArray.from_buffers(
-        pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
-    )
 
 
 def _read_json_lines(values: list[bytes]) -> pa.Table | None:

@@ -17,7 +17,7 @@ from flows.window_state import ShardWindows, WindowOutput, shard_index, shard_ke
 TICK = timedelta(seconds=1)
 # Closing windows after every small batch would emit many tiny tables; closing at most this often keeps
 # outputs large while adding well under a second to a window's latency.
-CLOSE_INTERVAL_S = 0.5
+CLOSE_INTERVAL_S = 0.25
 
 
 class ShardSplitter:

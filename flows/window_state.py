@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.decode import LATE, DeadLetter
-from flows.rules import RuleCarry, ThresholdRule, alerts_table, evaluate_rules
+from flows.rules import RuleCarry, ThresholdRule, evaluate_rules
 from flows.window_stats import ClosedReadings, Groups, window_stats_table
 from plantpulse.schema import MACHINE_STATE_ARROW_SCHEMA, MAX_SEQ, SENSORS, STATUSES
 
@@ -44,7 +44,7 @@ def shard_key(index: int) -> str:
 @dataclass(frozen=True)
 class WindowConfig:
     window_ms: int = 10_000
-    lateness_ms: int = 2_000
+    lateness_ms: int = 1_000
     idle_close_s: float = 15.0
     stale_after_s: float = 30.0
     dedup_seq_window: int = 1024

@@ -20,6 +20,7 @@ Extra fields are allowed and ignored. This module imports nothing of PlantPulse'
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
@@ -163,3 +164,19 @@ class RawBatch(msgspec.Struct, frozen=True):
     offsets: list[int]
     values: list[bytes]
     keys: list[bytes | None] | None = None
+
+
+def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Array:
+    """Arrow binary array over one joined buffer: one copy per batch instead of one object per message.
+
+    `sizes` (the lengths of `values`) may be passed when the caller has them already.
+    """
+    if sizes is None:
+        sizes = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"binary_array: {len(values)} messages hold {offsets[-1]} bytes, over the 2 GiB array limit")
+    return pa.BinaryArray.from_buffers(
+        pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))]
+    )

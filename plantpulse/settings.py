@@ -58,7 +58,7 @@ class Settings(BaseSettings):
 
     # Windows and state
     window_seconds: int = Field(10, ge=1, description="Tumbling window length (event time).")
-    allowed_lateness_seconds: float = Field(2.0, ge=0, description="How long a window waits for stragglers.")
+    allowed_lateness_seconds: float = Field(1.0, ge=0, description="How long a window waits for stragglers.")
     idle_close_seconds: float = Field(
         15.0, gt=0, description="Wall-clock silence after which a machine's open windows are closed."
     )

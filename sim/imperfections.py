@@ -2,7 +2,7 @@
 
 Rates are fractions of clean readings (`clock_skew`: fraction of machines). Each clean reading gets at
 most one of `duplicates` (an extra copy sent 0-10 s of event time later), `out_of_order` (the reading
-itself held back by 1..1.5 s of event time, so the machine's next reading overtakes it), `late` (held
+itself held back by up to 1 s of event time, so the machine's next reading overtakes it), `late` (held
 back 30-45 s of event time) or `malformed` (an *extra*, corrupted message derived from it, sent right after
 it — the clean reading still arrives, so the valid stream stays complete).
 
@@ -21,7 +21,7 @@ from plantpulse.schema import SCHEMA_VERSION, SENSORS
 
 IMPERFECTION_KINDS: tuple[str, ...] = ("duplicates", "out_of_order", "late", "clock_skew", "malformed")
 DEFAULT_IMPERFECTION_RATE = 0.01  # for a bare name in a spec, e.g. "duplicates,late"
-OUT_OF_ORDER_MAX_MS = 1_500  # below the flow's allowed lateness of 2 s
+OUT_OF_ORDER_MAX_MS = 1_000  # never more than the flow's default allowed lateness of 1 s: never late
 LATE_DELAY_MS = (30_000, 45_000)
 DUPLICATE_DELAY_MS = 10_000
 CLOCK_SKEW_MS = (1_000, 5_000)  # absolute offset of a skewed machine's clock, either sign

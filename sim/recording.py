@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plantpulse.schema import SENSORS, STATUSES
+from plantpulse.schema import SENSORS, STATUSES, binary_array
 
 from sim.faults import FAULT_KINDS, FaultLabel
 from sim.fleet import Machine, write_fleet_csv
@@ -97,7 +97,7 @@ class Recorder:
         columns = [
             pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64)),
             self._keys.take(machine),
-            batch.raw if batch.raw is not None else _binary_array(batch.values),
+            batch.raw if batch.raw is not None else binary_array(batch.values),
             self._ids.take(machine),
             pa.array(batch.ts),
             pa.array(batch.seq),
@@ -154,14 +154,3 @@ def write_labels(path: Path, labels: list[FaultLabel]) -> Path:
     columns = {name: [getattr(label, name) for label in labels] for name in LABELS_SCHEMA.names}
     pq.write_table(pa.table(columns, schema=LABELS_SCHEMA), path, compression="zstd")
     return Path(path)
-
-
-def _binary_array(values: list[bytes]) -> pa.Array:
-    """Arrow binary array over one joined buffer (cheaper than converting each bytes object)."""
-    offsets = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        raise ValueError(f"batch of {len(values)} messages holds {offsets[-1]} bytes: too large for one array")
-    return pa.BinaryArray.from_buffers(
-        pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))]
-    )

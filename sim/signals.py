@@ -181,7 +181,6 @@ class SignalModel:
         `noise` is one tick's slice of `noise()`. Returns the status after the step (the model's array:
         copy it to keep it).
         """
-        dt = self.dt
         shift = shift_factor(ts_ms)
         self._advance_status(shift)
         status = self.status

@@ -164,7 +164,7 @@ class Simulator:
         self.start_ts_ms = None if start_ts_ms is None else int(start_ts_ms)
         self.interval_ms = float(interval_ms)
         self.machine_ids = [m.machine_id for m in self.fleet]
-        # Fails early on an impossible combination (e.g. out_of_order with ticks longer than 1.5 s).
+        # Fails early on an impossible combination (e.g. out_of_order with ticks longer than 1 s).
         self.skew_ms = self._imperfector().skew_ms
 
     def _seeds(self) -> list[np.random.SeedSequence]:

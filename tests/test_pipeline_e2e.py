@@ -27,7 +27,7 @@ from tests.reference import threshold_alerts_reference, window_stats_reference
 pytestmark = pytest.mark.integration
 
 WINDOW_MS = 10_000
-LATENESS_MS = 2_000
+LATENESS_MS = 1_000  # the default ALLOWED_LATENESS_SECONDS
 MACHINES = 150
 SECONDS = 800  # 150 machines x 800 s = 120k readings (+ imperfection extras)
 
