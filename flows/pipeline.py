@@ -81,7 +81,7 @@ def process_telemetry(
 
     def build_logic(snapshot: bytes | None) -> ShardWindowLogic:
         fresh = ShardWindows(config.windows, list(config.rules), config.machine_types)
-        return ShardWindowLogic(restore_windows(fresh, snapshot), clock)
+        return ShardWindowLogic(restore_windows(fresh, snapshot, clock()), clock)
 
     decoded = op.map("decode", raw, decode)
     splitter = ShardSplitter(config.shards)

@@ -90,10 +90,10 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
         return pickle.dumps(self.windows, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def restore_windows(fresh: ShardWindows, snapshot: bytes | None) -> ShardWindows:
+def restore_windows(fresh: ShardWindows, snapshot: bytes | None, now_s: float) -> ShardWindows:
     """Return `fresh` with the snapshotted state (if any) loaded; configuration comes from `fresh`."""
     if snapshot is not None:
-        fresh.restore(pickle.loads(snapshot).__dict__)
+        fresh.restore(pickle.loads(snapshot).__dict__, now_s)
     return fresh
 
 

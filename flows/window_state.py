@@ -88,9 +88,12 @@ class ShardWindows:
         self._consolidate()
         return {k: v for k, v in self.__dict__.items() if k not in ("rules", "type_of", "config", "_ids_array")}
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict, now_s: float) -> None:
+        """Load snapshotted state. Arrival times restart at `now_s`: the time the process was down is not
+        silence of the machines, and must not idle-close windows whose readings Kafka is about to replay."""
         self.__dict__.update(state)
         self._ids_array = None
+        self.last_arrival_s[:] = now_s
         self.carry_check()
 
     def carry_check(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pyarrow as pa
 
 from flows.decode import BatchDecoder, ValidationLimits
@@ -32,13 +34,26 @@ def _run(batches, logic_factory, snapshot_after: int | None):
     return pa.concat_tables(tables).sort_by([("machine_id", "ascending"), ("window_start", "ascending")]), pa.concat_tables(alerts).sort_by("alert_id")
 
 
+def test_restore_after_downtime_does_not_idle_close_open_windows() -> None:
+    """A process that was down for longer than IDLE_CLOSE_SECONDS must not treat that as machine silence."""
+    decoder = BatchDecoder(ValidationLimits(max_event_age_ms=0))
+    windows = ShardWindows(WindowConfig(idle_close_s=15.0), [], {})
+    batch = batches_of([encode(r) for r in breach_readings(seed=1)[:60]], 60)[0]
+    windows.add(decoder.decode(batch, now_ms=1_700_000_000_000 + 10**9).readings, now_s=1000.0)
+    open_before = windows.open_readings
+    restored = restore_windows(ShardWindows(WindowConfig(idle_close_s=15.0), [], {}), pickle.dumps(windows), 5000.0)
+    assert restored.close(now_s=5001.0).window_stats is None  # 4000 s of downtime: nothing idle-closed
+    assert restored.open_readings == open_before
+    assert restored.close(now_s=5020.0).window_stats is not None  # real silence afterwards does close
+
+
 def test_resumed_state_gives_identical_windows_and_alerts() -> None:
     rules = load_rules(PACKAGED_RULES_FILE)
     low_rules = [r for r in rules]  # packaged rules; the breach data below crosses the overheating rule
 
     def factory(snapshot, clock):
         fresh = ShardWindows(WindowConfig(), low_rules, {})
-        return ShardWindowLogic(restore_windows(fresh, snapshot), clock=clock)
+        return ShardWindowLogic(restore_windows(fresh, snapshot, clock()), clock=clock)
 
     batches = batches_of([encode(r) for r in breach_readings(seed=5)], 37)
     straight = _run(batches, factory, snapshot_after=None)
