@@ -13,10 +13,16 @@ import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
 from connectors.clickhouse import ClickHouseSink
-from connectors.kafka import KafkaRecord, KafkaRecordSink, TelemetrySource
+from connectors.kafka import (
+    KafkaRecord,
+    KafkaRecordSink,
+    TelemetrySource,
+    dead_letter_record,
+)
 from flows import metrics
 from flows.decode import DeadLetter
 from flows.pipeline import PipelineConfig, process_telemetry
+from plantpulse.schema import ALERT_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
 
@@ -28,22 +34,20 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
     raw = op.input("telemetry_in", flow, TelemetrySource(settings, tail=tail))
     streams = process_telemetry("process", raw, PipelineConfig.from_settings(settings))
 
-    def dead_letter_record(letter: DeadLetter) -> KafkaRecord:
-        return KafkaRecord(
+    def dead_letter(letter: DeadLetter) -> KafkaRecord:
+        return dead_letter_record(
+            letter.value,
+            reason=letter.reason,
+            detail=letter.detail,
+            source_topic=letter.topic or settings.telemetry_topic,
+            source_partition=letter.partition,
+            source_offset=letter.offset,
             key=letter.key,
-            value=letter.value,
-            headers=[
-                ("reason", letter.reason.encode()),
-                ("detail", letter.detail.encode()),
-                ("source_topic", (letter.topic or settings.telemetry_topic).encode()),
-                ("source_partition", str(letter.partition).encode()),
-                ("source_offset", str(letter.offset).encode()),
-            ],
         )
 
     op.output(
         "deadletter_out",
-        op.map("deadletter_records", streams.dead_letters, dead_letter_record),
+        op.map("deadletter_records", streams.dead_letters, dead_letter),
         KafkaRecordSink(settings, settings.deadletter_topic),
     )
     op.output(
@@ -61,6 +65,12 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
     return flow
 
 
+# Alerts on Kafka carry timestamps as epoch milliseconds, like the readings.
+_ALERTS_AS_MS = pa.schema(
+    [pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in ALERT_ARROW_SCHEMA]
+)
+
+
 def alert_records(alerts: pa.Table) -> list[KafkaRecord]:
     """One JSON record per alert, keyed by machine, timestamps as epoch milliseconds."""
     rows = alerts.cast(_ALERTS_AS_MS).to_pylist()
@@ -74,13 +84,3 @@ def __getattr__(name: str) -> Dataflow:
         return build_flow()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def _alerts_as_ms() -> pa.Schema:
-    from plantpulse.schema import ALERT_ARROW_SCHEMA
-
-    return pa.schema(
-        [pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in ALERT_ARROW_SCHEMA]
-    )
-
-
-_ALERTS_AS_MS = _alerts_as_ms()
