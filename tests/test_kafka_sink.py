@@ -14,7 +14,6 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from connectors.broker import EmbeddedBroker
 from connectors.kafka import (
-    MESSAGES_PRODUCED,
     KafkaDeliveryError,
     KafkaRecord,
     KafkaRecordSink,
@@ -22,6 +21,7 @@ from connectors.kafka import (
     dead_letter_record,
     read_topic,
 )
+from connectors.kafka_sink import MESSAGES_PRODUCED
 from connectors.topics import TopicNotFoundError, ensure_topics, partition_count
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
