@@ -13,6 +13,8 @@ import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
 from connectors.clickhouse import ClickHouseSink
+from connectors.lake import LakeSink
+from connectors.topics import partition_count
 from connectors.kafka import (
     KafkaRecord,
     KafkaRecordSink,
@@ -20,7 +22,7 @@ from connectors.kafka import (
     dead_letter_record,
 )
 from flows import metrics
-from flows.decode import DeadLetter
+from flows.decode import DeadLetter, DecodedBatch
 from flows.pipeline import PipelineConfig, process_telemetry
 from plantpulse.schema import ALERT_ARROW_SCHEMA
 from plantpulse.settings import Settings
@@ -62,7 +64,25 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         op.map("state_rows", streams.machine_state, lambda t: ("machine_state", ("machine_state", t))),
     )
     op.output("clickhouse_out", tables, ClickHouseSink(settings))
+    # Every valid reading, as decoded, goes to the raw lake; one lake writer per Kafka partition.
+    op.output(
+        "lake_out",
+        op.filter_map("lake_rows", streams.decoded, _lake_item),
+        LakeSink(
+            settings,
+            partitions=partition_count(settings, settings.telemetry_topic),
+            endpoint_url=settings.s3_endpoint_url,
+            sse=settings.s3_sse,
+        ),
+    )
     return flow
+
+
+def _lake_item(decoded: DecodedBatch) -> tuple[str, pa.Table] | None:
+    readings = decoded.readings
+    if readings.num_rows == 0:
+        return None
+    return f"lake-{readings['kafka_partition'][0].as_py()}", readings
 
 
 # Alerts on Kafka carry timestamps as epoch milliseconds, like the readings.

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # Lake
     lake_url: str = Field("", description="file:///path or s3://bucket/prefix for raw Parquet.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); credentials: AWS_*.")
+    s3_sse: str | None = Field(None, description="Server-side encryption: AES256 or a KMS key id.")
 
     # Recovery
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store; recovery is off when unset.")

@@ -197,3 +197,16 @@ def test_readme_analyst_queries_run_and_return_rows(run) -> None:
         assert columns, query
         if "stale" not in query:
             assert rows, query
+
+
+def test_raw_lake_holds_every_valid_message_once(run) -> None:
+    """Every message that passed validation (duplicates and late ones included: the lake is the raw
+    record) is in the Parquet lake exactly once, by Kafka (partition, offset)."""
+    from connectors.lake import read_lake
+
+    settings, _, recording, _ = run
+    lake = read_lake(settings.lake_url).to_pandas()
+    valid = recording[recording["expected_reason"].isna()]
+    assert len(lake) == len(valid)
+    assert not lake.duplicated(["kafka_partition", "kafka_offset"]).any()
+    assert sorted(zip(lake["machine_id"], lake["seq"])) == sorted(zip(valid["machine_id"], valid["seq"]))

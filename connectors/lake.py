@@ -1,0 +1,294 @@
+"""The Bytewax sink that keeps every valid reading as Parquet (zstd) in the raw telemetry lake.
+
+Items are `(f"lake-{kafka_partition}", decoded_readings_table)`; the sink stores `READING_ARROW_SCHEMA`
+(the decoder's `raw` column is dropped, `ts` becomes timestamp[ms, UTC]) under `LAKE_URL` in Hive-style
+`dt=YYYY-MM-DD/hour=HH/` directories by event time (see `connectors.lake_store` for the layout).
+
+Exactly once under recovery replay: a partition only buffers in `write_batch`; files are written only in
+`snapshot()` (and `close()`), named `part-{partition:03d}-{seq:010d}.parquet` where `seq` is the state that
+`snapshot()` returns. The files of a sequence are therefore a pure function of the rows between two
+snapshots, and a replay after a crash rebuilds exactly the sequences that the recovery store did not commit:
+
+- before writing sequence N, everything a previous attempt at N wrote (in any dt/hour; its manifest says
+  where) is deleted; the manifest is written first, so a crash at any point leaves nothing unlisted;
+- on resume from state s, sequences >= s (written after the committed snapshot, so their rows will be
+  replayed, possibly grouped into different epochs) are deleted before anything else happens.
+
+Memory: nothing is written mid-epoch (that would break the naming), so a partition holds one snapshot
+interval of rows: about `snapshot_interval_seconds` x its rate. `max_buffer_rows` only makes that visible
+(a warning); rows are never dropped. An unreachable store is retried with backoff forever inside
+`snapshot()`/`close()`, which holds the whole flow back until it is reachable again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from fsspec import AbstractFileSystem
+from prometheus_client import Counter
+
+from connectors import lake_store as store
+from connectors.retry import Backoff
+from plantpulse.schema import READING_ARROW_SCHEMA
+from plantpulse.settings import Settings
+
+logger = logging.getLogger("plantpulse.lake")
+
+ROWS_WRITTEN = Counter("plantpulse_lake_rows_written", "Readings written to the raw lake.")
+FILES_WRITTEN = Counter("plantpulse_lake_files_written", "Parquet files written to the raw lake.")
+WRITE_RETRIES = Counter("plantpulse_lake_write_retries", "Failed lake writes that will be retried.")
+
+PART_PREFIX = "lake-"
+# Manifests older than this many sequences are deleted as new ones are written: the recovery store never
+# lags that far behind, and the newest one must survive for a fresh start to find the next sequence.
+MANIFESTS_KEPT = 1024
+
+
+class LakeSink(FixedPartitionedSink[pa.Table, int]):
+    """`partitions` writer partitions named `lake-<p>`, one per Kafka partition of the telemetry topic.
+
+    `fs` replaces the filesystem derived from `settings.lake_url`; `endpoint_url`, `key`, `secret`, `sse`
+    and `s3_options` configure S3 until Settings carries them. `backoff_factory` exists for tests and tuning.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        fs: AbstractFileSystem | None = None,
+        *,
+        partitions: int = 1,
+        max_buffer_rows: int = 2_000_000,
+        endpoint_url: str | None = None,
+        key: str | None = None,
+        secret: str | None = None,
+        sse: str | None = None,
+        s3_options: dict[str, Any] | None = None,
+        backoff_factory: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        if partitions < 1 or max_buffer_rows < 1:
+            raise ValueError(
+                f"LakeSink: need partitions >= 1 and max_buffer_rows >= 1, got {partitions!r}, {max_buffer_rows!r}"
+            )
+        self.lake_url = settings.lake_url
+        self.fs, self.root = store.open_lake(
+            settings.lake_url, fs, endpoint_url=endpoint_url, key=key, secret=secret, sse=sse, s3_options=s3_options
+        )
+        self.partitions = partitions
+        self.max_buffer_rows = max_buffer_rows
+        self.backoff_factory = backoff_factory
+        # Partitions built in this process, by name, so operators and tests can read their counters.
+        self.built: dict[str, LakeSinkPartition] = {}
+
+    def list_parts(self) -> list[str]:
+        return [f"{PART_PREFIX}{p}" for p in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return _partition_number(item_key) % self.partitions
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> LakeSinkPartition:
+        part = LakeSinkPartition(
+            self.fs,
+            self.root,
+            _partition_number(for_part),
+            resume_state,
+            max_buffer_rows=self.max_buffer_rows,
+            name=f"{step_id}/{for_part}",
+            backoff=self.backoff_factory(),
+        )
+        self.built[for_part] = part
+        return part
+
+
+class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
+    """Buffers one snapshot interval of readings per event hour; writes them as sequence `seq` on snapshot.
+
+    State (`snapshot()`'s return value) is the next sequence number to write.
+    """
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        root: str,
+        partition: int,
+        resume_state: int | None,
+        *,
+        max_buffer_rows: int = 2_000_000,
+        name: str = "lake",
+        backoff: Backoff | None = None,
+    ) -> None:
+        if resume_state is not None and (not isinstance(resume_state, int) or resume_state < 0):
+            raise ValueError(f"{name}: resume state must be a sequence number >= 0, got {resume_state!r}")
+        self.fs = fs
+        self.root = root
+        self.partition = partition
+        self.max_buffer_rows = max_buffer_rows
+        self.name = name
+        self.resumed_from = resume_state
+        self._backoff = backoff or Backoff()
+        self._buffer: dict[int, list[pa.Table]] = {}  # event hour (ms // 3_600_000) -> tables
+        self.buffered_rows = 0
+        self._over_limit_warned = False
+        # Counters for tests and operators (the Prometheus metrics aggregate all partitions).
+        self.rows_written = 0
+        self.files_written = 0
+        self.retries = 0
+        if resume_state is None:
+            # No committed snapshot: never destroy what is there (a lake kept across runs without recovery);
+            # continue after it. Only a crash before the first commit can then leave that interval twice.
+            last = self._retrying("find the last sequence", lambda: store.highest_seq(fs, root, partition))
+            self.seq = 0 if last is None else last + 1
+        else:
+            self.seq = resume_state
+            self._retrying("drop uncommitted sequences", self._drop_uncommitted)
+
+    # --- called by the Bytewax worker ---
+
+    def write_batch(self, values: list[pa.Table]) -> None:
+        for table in values:
+            rows = self._conform(table)
+            if rows.num_rows == 0:
+                continue
+            hours = rows["ts"].cast(pa.int64()).to_numpy() // store.MS_PER_HOUR
+            for hour in np.unique(hours):
+                self._buffer.setdefault(int(hour), []).append(rows.filter(pa.array(hours == hour)))
+            self.buffered_rows += rows.num_rows
+        if self.buffered_rows > self.max_buffer_rows and not self._over_limit_warned:
+            # Writing now would give these rows a sequence that a replay cannot reproduce, so keep them.
+            self._over_limit_warned = True
+            logger.warning(
+                "%s: %d rows buffered, above max_buffer_rows=%d; keeping them until the next snapshot "
+                "(lower SNAPSHOT_INTERVAL_SECONDS to bound memory)",
+                self.name, self.buffered_rows, self.max_buffer_rows,
+            )
+
+    def snapshot(self) -> int:
+        self._flush()
+        return self.seq
+
+    def close(self) -> None:
+        # Rows after the last snapshot: if no snapshot follows, a rerun resumes before them and rewrites
+        # this same sequence, so writing them is safe and keeps a clean shutdown from losing them.
+        self._flush()
+
+    # --- internals ---
+
+    def _conform(self, table: Any) -> pa.Table:
+        if not isinstance(table, pa.Table):
+            raise TypeError(f"{self.name}: expected a pyarrow.Table of decoded readings, got {type(table).__name__}")
+        try:
+            return table.select(READING_ARROW_SCHEMA.names).cast(READING_ARROW_SCHEMA)
+        except (KeyError, pa.ArrowException) as exc:
+            raise ValueError(f"{self.name}: table does not fit READING_ARROW_SCHEMA: {exc}") from exc
+
+    def _flush(self) -> None:
+        """Write the buffer as sequence `self.seq` (retrying forever), then advance the sequence."""
+        if not self._buffer:
+            return
+        # Serialized once, outside the retry loop: only the store is retried, never the data.
+        files: dict[str, bytes] = {}
+        rows = 0
+        for hour, tables in sorted(self._buffer.items()):
+            data = pa.concat_tables(tables)
+            rows += data.num_rows
+            sink = pa.BufferOutputStream()
+            pq.write_table(data, sink, compression="zstd")
+            path = store.hour_dir(self.root, hour) + "/" + store.file_name(self.partition, self.seq)
+            files[path] = sink.getvalue().to_pybytes()
+        self._retrying(f"write sequence {self.seq} ({rows} rows)", lambda: self._write_seq(self.seq, files))
+        self.rows_written += rows
+        self.files_written += len(files)
+        ROWS_WRITTEN.inc(rows)
+        FILES_WRITTEN.inc(len(files))
+        self._buffer.clear()
+        self.buffered_rows = 0
+        self._over_limit_warned = False
+        self.seq += 1
+
+    def _write_seq(self, seq: int, files: dict[str, bytes]) -> None:
+        """Replace whatever sequence `seq` of this partition holds by `files`. Idempotent, so retried whole."""
+        previous = store.read_manifest(self.fs, self.root, self.partition, seq) or []
+        # The manifest names old and new files before anything changes, so a crash anywhere below leaves
+        # every file of this sequence listed for the next attempt to delete.
+        store.write_manifest(self.fs, self.root, self.partition, seq, sorted(set(previous) | set(files)))
+        store.remove_quietly(self.fs, [p for p in previous if p not in files])
+        for path, data in files.items():
+            store.put_bytes(self.fs, path, data)
+        store.write_manifest(self.fs, self.root, self.partition, seq, list(files))
+        if seq >= MANIFESTS_KEPT:
+            store.remove_manifest(self.fs, self.root, self.partition, seq - MANIFESTS_KEPT)
+
+    def _drop_uncommitted(self) -> None:
+        """Delete sequences >= self.seq: written after the committed snapshot, so their rows are replayed."""
+        seq = self.seq
+        # Sequences are written one after another, so the uncommitted ones are contiguous from self.seq.
+        while (files := store.read_manifest(self.fs, self.root, self.partition, seq)) is not None:
+            store.remove_quietly(self.fs, files)
+            seq += 1
+        # Manifests last and newest first, so an interrupted cleanup can still be found and finished.
+        for stale in range(seq - 1, self.seq - 1, -1):
+            store.remove_manifest(self.fs, self.root, self.partition, stale)
+        if seq > self.seq:
+            logger.info("%s: resumed at sequence %d, deleted uncommitted sequences %d..%d",
+                        self.name, self.seq, self.seq, seq - 1)
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run `action` until it succeeds: the lake is retried forever, holding the flow back meanwhile."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = action()
+                break
+            except Exception as exc:  # noqa: BLE001 - any store failure; the data itself is already serialized
+                delay = self._backoff.next_delay()
+                self.retries += 1
+                WRITE_RETRIES.inc()
+                logger.warning(
+                    "%s: %s to %s failed (attempt %d), retrying in %.2fs: %s",
+                    self.name, what, self.root, attempt, delay, _one_line(exc),
+                )
+                time.sleep(delay)
+        if attempt > 1:
+            logger.info("%s: %s succeeded after %d attempts", self.name, what, attempt)
+        self._backoff.reset()
+        return result
+
+
+def read_lake(lake_url: str, fs: AbstractFileSystem | None = None, *, with_partition_columns: bool = False) -> pa.Table:
+    """Every reading in the lake at `lake_url` (READING_ARROW_SCHEMA; plus `dt` and `hour` if asked).
+
+    For tests and tools: it reads the whole lake into memory. An empty or missing lake gives no rows.
+    """
+    fs, root = store.open_lake(lake_url, fs)
+    if not fs.exists(root):
+        return READING_ARROW_SCHEMA.empty_table()
+    dataset = ds.dataset(
+        root, filesystem=fs, format="parquet", partitioning="hive", schema=_with_partitions(READING_ARROW_SCHEMA)
+    )
+    table = dataset.to_table()
+    return table if with_partition_columns else table.select(READING_ARROW_SCHEMA.names)
+
+
+def _with_partitions(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("dt", pa.string())).append(pa.field("hour", pa.int32()))
+
+
+def _partition_number(key: str) -> int:
+    number = key.removeprefix(PART_PREFIX)
+    if not key.startswith(PART_PREFIX) or not number.isdigit():
+        raise ValueError(f"lake: item key / partition {key!r} is not '{PART_PREFIX}<kafka partition>'")
+    return int(number)
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one log-friendly line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
