@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,8 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         s3_options: dict[str, Any] | None = None,
         backoff_factory: Callable[[], Backoff] = Backoff,
     ) -> None:
+        """With recovery on (`settings.recovery_dir`), each partition records in the recovery store the
+        sequence it started from, so a crash before the store's first commit is rewritten, not repeated."""
         if partitions < 1 or max_buffer_rows < 1:
             raise ValueError(
                 f"LakeSink: need partitions >= 1 and max_buffer_rows >= 1, got {partitions!r}, {max_buffer_rows!r}"
@@ -84,6 +87,7 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         self.partitions = partitions
         self.max_buffer_rows = max_buffer_rows
         self.backoff_factory = backoff_factory
+        self.recovery_dir = Path(settings.recovery_dir) if settings.recovery_dir is not None else None
         # Partitions built in this process, by name, so operators and tests can read their counters.
         self.built: dict[str, LakeSinkPartition] = {}
 
@@ -94,14 +98,16 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         return _partition_number(item_key) % self.partitions
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> LakeSinkPartition:
+        number = _partition_number(for_part)
         part = LakeSinkPartition(
             self.fs,
             self.root,
-            _partition_number(for_part),
+            number,
             resume_state,
             max_buffer_rows=self.max_buffer_rows,
             name=f"{step_id}/{for_part}",
             backoff=self.backoff_factory(),
+            first_seq_file=self.recovery_dir / f"lake-first-seq-{number}" if self.recovery_dir else None,
         )
         self.built[for_part] = part
         return part
@@ -123,6 +129,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         max_buffer_rows: int = 2_000_000,
         name: str = "lake",
         backoff: Backoff | None = None,
+        first_seq_file: Path | None = None,
     ) -> None:
         if resume_state is not None and (not isinstance(resume_state, int) or resume_state < 0):
             raise ValueError(f"{name}: resume state must be a sequence number >= 0, got {resume_state!r}")
@@ -140,11 +147,20 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         self.rows_written = 0
         self.files_written = 0
         self.retries = 0
+        if resume_state is None and first_seq_file is not None and first_seq_file.exists():
+            # The recovery store has no commit yet, but this store started before at a known sequence:
+            # what was written from there on is uncommitted and will be replayed.
+            resume_state = int(first_seq_file.read_text())
         if resume_state is None:
-            # No committed snapshot: never destroy what is there (a lake kept across runs without recovery);
-            # continue after it. Only a crash before the first commit can then leave that interval twice.
+            # No committed snapshot: never destroy what is there (a lake kept across runs without recovery,
+            # or written under an earlier recovery store); continue after it.
             last = self._retrying("find the last sequence", lambda: store.highest_seq(fs, root, partition))
             self.seq = 0 if last is None else last + 1
+            if first_seq_file is not None:
+                first_seq_file.parent.mkdir(parents=True, exist_ok=True)
+                temporary = first_seq_file.with_suffix(".tmp")
+                temporary.write_text(str(self.seq))
+                temporary.replace(first_seq_file)
         else:
             self.seq = resume_state
             self._retrying("drop uncommitted sequences", self._drop_uncommitted)

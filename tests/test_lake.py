@@ -138,6 +138,27 @@ def test_replay_after_crash_is_exactly_once(tmp_path: Path) -> None:
     assert fourth.seq == 2
 
 
+def test_crash_before_the_first_commit_is_rewritten_not_repeated(tmp_path: Path) -> None:
+    """With recovery on but no commit yet, a restart must still rewrite what the crashed run wrote, while
+    a lake written earlier (under another store, or without recovery) is kept."""
+    earlier = LakeSink(lake_settings(tmp_path)).build_part("s", "lake-0", None)
+    earlier.write_batch([readings(100, seq0=0)])
+    earlier.snapshot()  # seq 0: data from before this recovery store existed
+    settings = Settings(data_dir=tmp_path, recovery_dir=tmp_path / "recovery")
+    crashed = LakeSink(settings).build_part("s", "lake-0", None)
+    assert crashed.seq == 1
+    crashed.write_batch([readings(200, seq0=100)])
+    crashed.snapshot()  # seq 1 written, then killed before the recovery store's first commit
+    restarted = LakeSink(settings).build_part("s", "lake-0", None)
+    assert restarted.seq == 1
+    replayed = readings(250, seq0=100)
+    restarted.write_batch([replayed])
+    restarted.snapshot()
+    back = read_lake(settings.lake_url)
+    want = pa.concat_tables([readings(100, seq0=0), replayed])
+    assert back.num_rows == 350 and keyset(back) == keyset(want)
+
+
 def test_bytewax_recovery_replay_is_exactly_once(tmp_path: Path) -> None:
     settings = lake_settings(tmp_path)
     db_dir = tmp_path / "recovery"
