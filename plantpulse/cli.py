@@ -148,7 +148,7 @@ def run(
         recovery = RecoveryConfig(recovery_dir)
     try:
         flow = build_flow(settings)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, LookupError) as error:  # LookupError: the telemetry topic does not exist
         _fail(str(error))
     try:
         cli_main(

@@ -191,9 +191,12 @@ def test_readme_analyst_queries_run_and_return_rows(run) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     queries = [block.strip() for block in readme.split("```sql")[1:]]
     queries = [q[: q.index("```")].strip() for q in queries]
-    assert len(queries) >= 5
+    assert len(queries) >= 8
+    assert sum("file('/path/to/.plantpulse/lake" in q for q in queries) == 2
+    lake_path = settings.lake_url.removeprefix("file://")
     for query in queries:
-        columns, rows = run_sql(settings, query.replace("now() - INTERVAL 1 HOUR", "now() - INTERVAL 1 DAY"))
+        query = query.replace("now() - INTERVAL 1 HOUR", "now() - INTERVAL 1 DAY")
+        columns, rows = run_sql(settings, query.replace("/path/to/.plantpulse/lake", lake_path))
         assert columns, query
         if "stale" not in query:
             assert rows, query
