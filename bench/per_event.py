@@ -15,7 +15,7 @@ import msgspec
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators.windowing import EventClock, TumblingWindower, fold_window
 
-from plantpulse.schema import SENSORS, STATUSES, Reading, RawBatch
+from plantpulse.schema import SENSORS, STATUSES, RawBatch, Reading
 
 _DECODER = msgspec.json.Decoder(Reading)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import resource
 import sys
+import tempfile
 import time
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -20,6 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from bench.per_event import build_per_event_flow
@@ -64,7 +67,8 @@ class KafkaLikePolls:
                     cursor[p] += len(rows)
 
 
-def run_flow(batches: KafkaLikePolls) -> list[pa.Table]:
+def run_flow(batches: KafkaLikePolls, snapshot_every_s: float | None = None) -> list[pa.Table]:
+    """The project's flow; with `snapshot_every_s`, Bytewax recovery snapshots the state that often."""
     config = PipelineConfig(
         limits=ValidationLimits(max_event_age_ms=0),  # a recording: its age says nothing about validity
         windows=WindowConfig(window_ms=WINDOW_MS, lateness_ms=LATENESS_MS),
@@ -76,7 +80,12 @@ def run_flow(batches: KafkaLikePolls) -> list[pa.Table]:
     flow = Dataflow("bench_flow")
     streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), config)
     op.output("out", streams.window_stats, TestingSink(out))
-    run_main(flow)
+    if snapshot_every_s is None:
+        run_main(flow)
+        return out
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as directory:
+        init_db_dir(Path(directory), 1)
+        run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s), recovery_config=RecoveryConfig(directory))
     return out
 
 
@@ -91,7 +100,12 @@ def main() -> None:
     batches = KafkaLikePolls(data)
     events = batches.events
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runner = {"flow": run_flow, "per_event": run_per_event}[name]
+    runner = {
+        "flow": run_flow,
+        "per_event": run_per_event,
+        "flow_recovery_10s": lambda polls: run_flow(polls, 10.0),
+        "flow_recovery_1s": lambda polls: run_flow(polls, 1.0),
+    }[name]
     started = time.perf_counter()
     tables = runner(batches)
     seconds = time.perf_counter() - started
