@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-
 from connectors.clickhouse_client import EmbeddedDatabaseBusy, connect
 from connectors.clickhouse_schema import (
     MACHINE_COLUMNS,
@@ -18,7 +17,12 @@ from connectors.clickhouse_schema import (
     refresh_rollups,
     split_statements,
 )
-from connectors.clickhouse_sink import ClickHouseSink, ClickHouseSinkPartition, SinkFailed, is_transient
+from connectors.clickhouse_sink import (
+    ClickHouseSink,
+    ClickHouseSinkPartition,
+    SinkFailed,
+    is_transient,
+)
 from plantpulse.settings import Settings
 
 __all__ = [

@@ -24,14 +24,23 @@ from typing import Any
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, DataError, NotSupportedError, OperationalError
-from clickhouse_connect.driver.exceptions import ProgrammingError
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
 from prometheus_client import Counter, Gauge
 
 from connectors.clickhouse_client import connect, redacted_url
 from connectors.clickhouse_schema import apply_schema, load_machines, quote_database
 from connectors.retry import Backoff
-from plantpulse.schema import ALERT_ARROW_SCHEMA, MACHINE_STATE_ARROW_SCHEMA, WINDOW_STATS_ARROW_SCHEMA
+from plantpulse.schema import (
+    ALERT_ARROW_SCHEMA,
+    MACHINE_STATE_ARROW_SCHEMA,
+    WINDOW_STATS_ARROW_SCHEMA,
+)
 from plantpulse.settings import Settings
 
 logger = logging.getLogger("plantpulse.clickhouse")

@@ -22,7 +22,14 @@ from datetime import datetime, timedelta, timezone
 from typing import cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import Counter, Gauge
 
 from connectors.kafka_sink import (
@@ -32,7 +39,13 @@ from connectors.kafka_sink import (
     KafkaRecordSink,
     dead_letter_record,
 )
-from connectors.topics import KafkaConsumeError, TopicNotFoundError, TopicRecord, partition_ids, read_topic
+from connectors.topics import (
+    KafkaConsumeError,
+    TopicNotFoundError,
+    TopicRecord,
+    partition_ids,
+    read_topic,
+)
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
 

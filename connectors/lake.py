@@ -38,9 +38,10 @@ from prometheus_client import Counter
 
 from connectors import lake_store as store
 from connectors.retry import Backoff
-from plantpulse.schema import READING_ARROW_SCHEMA
+from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
+QUARANTINE_DIR = "quarantine"
 logger = logging.getLogger("plantpulse.lake")
 
 ROWS_WRITTEN = Counter("plantpulse_lake_rows_written", "Readings written to the raw lake.")
@@ -73,8 +74,14 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         sse: str | None = None,
         s3_options: dict[str, Any] | None = None,
         backoff_factory: Callable[[], Backoff] = Backoff,
+        schema: pa.Schema = READING_ARROW_SCHEMA,
+        time_column: str = "ts",
+        subdir: str | None = None,
     ) -> None:
-        """With recovery on (`settings.recovery_dir`), each partition records in the recovery store the
+        """`schema`, `time_column` and `subdir` select what is stored where: readings at the lake's root by
+        event time, or dead letters under `quarantine/` by the time they were rejected.
+
+        With recovery on (`settings.recovery_dir`), each partition records in the recovery store the
         sequence it started from, so a crash before the store's first commit is rewritten, not repeated."""
         if partitions < 1 or max_buffer_rows < 1:
             raise ValueError(
@@ -84,6 +91,9 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         self.fs, self.root = store.open_lake(
             settings.lake_url, fs, endpoint_url=endpoint_url, key=key, secret=secret, sse=sse, s3_options=s3_options
         )
+        if subdir:
+            self.root = f"{self.root.rstrip('/')}/{subdir}"
+        self.schema, self.time_column, self.subdir = schema, time_column, subdir
         self.partitions = partitions
         self.max_buffer_rows = max_buffer_rows
         self.backoff_factory = backoff_factory
@@ -107,7 +117,11 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
             max_buffer_rows=self.max_buffer_rows,
             name=f"{step_id}/{for_part}",
             backoff=self.backoff_factory(),
-            first_seq_file=self.recovery_dir / f"lake-first-seq-{number}" if self.recovery_dir else None,
+            first_seq_file=(
+                self.recovery_dir / f"{self.subdir or 'lake'}-first-seq-{number}" if self.recovery_dir else None
+            ),
+            schema=self.schema,
+            time_column=self.time_column,
         )
         self.built[for_part] = part
         return part
@@ -130,7 +144,10 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         name: str = "lake",
         backoff: Backoff | None = None,
         first_seq_file: Path | None = None,
+        schema: pa.Schema = READING_ARROW_SCHEMA,
+        time_column: str = "ts",
     ) -> None:
+        self.schema, self.time_column = schema, time_column
         if resume_state is not None and (not isinstance(resume_state, int) or resume_state < 0):
             raise ValueError(f"{name}: resume state must be a sequence number >= 0, got {resume_state!r}")
         self.fs = fs
@@ -172,7 +189,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
             rows = self._conform(table)
             if rows.num_rows == 0:
                 continue
-            hours = rows["ts"].cast(pa.int64()).to_numpy() // store.MS_PER_HOUR
+            hours = rows[self.time_column].cast(pa.int64()).to_numpy() // store.MS_PER_HOUR
             for hour in np.unique(hours):
                 self._buffer.setdefault(int(hour), []).append(rows.filter(pa.array(hours == hour)))
             self.buffered_rows += rows.num_rows
@@ -200,9 +217,9 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         if not isinstance(table, pa.Table):
             raise TypeError(f"{self.name}: expected a pyarrow.Table of decoded readings, got {type(table).__name__}")
         try:
-            return table.select(READING_ARROW_SCHEMA.names).cast(READING_ARROW_SCHEMA)
+            return table.select(self.schema.names).cast(self.schema)
         except (KeyError, pa.ArrowException) as exc:
-            raise ValueError(f"{self.name}: table does not fit READING_ARROW_SCHEMA: {exc}") from exc
+            raise ValueError(f"{self.name}: table does not fit the lake schema ({_schema_name(self.schema)}): {exc}") from exc
 
     def _flush(self) -> None:
         """Write the buffer as sequence `self.seq` (retrying forever), then advance the sequence."""
@@ -287,10 +304,27 @@ def read_lake(lake_url: str, fs: AbstractFileSystem | None = None, *, with_parti
     if not fs.exists(root):
         return READING_ARROW_SCHEMA.empty_table()
     dataset = ds.dataset(
-        root, filesystem=fs, format="parquet", partitioning="hive", schema=_with_partitions(READING_ARROW_SCHEMA)
+        root,
+        filesystem=fs,
+        format="parquet",
+        partitioning="hive",
+        schema=_with_partitions(READING_ARROW_SCHEMA),
+        ignore_prefixes=[".", "_", QUARANTINE_DIR],
     )
     table = dataset.to_table()
     return table if with_partition_columns else table.select(READING_ARROW_SCHEMA.names)
+
+
+def read_quarantine(lake_url: str, fs: AbstractFileSystem | None = None) -> pa.Table:
+    """Every dead letter kept under the lake's `quarantine/` prefix (QUARANTINE_ARROW_SCHEMA)."""
+    fs, root = store.open_lake(lake_url, fs)
+    root = f"{root.rstrip('/')}/{QUARANTINE_DIR}"
+    if not fs.exists(root):
+        return QUARANTINE_ARROW_SCHEMA.empty_table()
+    dataset = ds.dataset(
+        root, filesystem=fs, format="parquet", partitioning="hive", schema=_with_partitions(QUARANTINE_ARROW_SCHEMA)
+    )
+    return dataset.to_table().select(QUARANTINE_ARROW_SCHEMA.names)
 
 
 def _with_partitions(schema: pa.Schema) -> pa.Schema:
@@ -308,3 +342,7 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     """An exception as one log-friendly line."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _schema_name(schema: pa.Schema) -> str:
+    return "QUARANTINE_ARROW_SCHEMA" if schema.equals(QUARANTINE_ARROW_SCHEMA) else "READING_ARROW_SCHEMA"

@@ -60,6 +60,7 @@ class PipelineConfig:
 class PipelineStreams:
     decoded: Stream[DecodedBatch]
     dead_letters: Stream[DeadLetter]
+    dead_letter_batches: Stream[list[DeadLetter]]  # the same dead letters, as the lists they arise in
     window_stats: Stream[pa.Table]
     alerts: Stream[pa.Table]
     machine_state: Stream[pa.Table]
@@ -88,11 +89,19 @@ def process_telemetry(
     sharded = op.flat_map("shard", decoded, lambda d: splitter(d.readings))
     outputs = op.key_rm("outputs", op.stateful_batch("windows", sharded, build_logic))
     counted = op.map("count", outputs, _count)
-    late = op.flat_map("late", counted, lambda o: o.dead_letters or [])
-    invalid = op.flat_map("invalid", decoded, lambda d: d.dead_letters)
+    letter_batches = op.filter(
+        "dead_letter_batches",
+        op.merge(
+            "rejected",
+            op.map("invalid", decoded, lambda d: d.dead_letters),
+            op.map("late", counted, lambda o: o.dead_letters or []),
+        ),
+        bool,
+    )
     return PipelineStreams(
         decoded=decoded,
-        dead_letters=op.merge("dead_letters", invalid, late),
+        dead_letters=op.flat_map("dead_letters", letter_batches, lambda letters: letters),
+        dead_letter_batches=letter_batches,
         window_stats=op.filter_map("window_stats", counted, lambda o: o.window_stats),
         alerts=op.filter_map("alerts", counted, lambda o: o.alerts if o.alerts and o.alerts.num_rows else None),
         machine_state=op.filter_map("machine_state", counted, lambda o: o.machine_state),

@@ -7,24 +7,26 @@ reads no environment.
 
 from __future__ import annotations
 
+import time
+
 import bytewax.operators as op
 import orjson
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
 from connectors.clickhouse import ClickHouseSink
-from connectors.lake import LakeSink
-from connectors.topics import partition_count
 from connectors.kafka import (
     KafkaRecord,
     KafkaRecordSink,
     TelemetrySource,
     dead_letter_record,
 )
+from connectors.lake import QUARANTINE_DIR, LakeSink
+from connectors.topics import partition_count
 from flows import metrics
 from flows.decode import DeadLetter, DecodedBatch
 from flows.pipeline import PipelineConfig, process_telemetry
-from plantpulse.schema import ALERT_ARROW_SCHEMA
+from plantpulse.schema import ALERT_ARROW_SCHEMA, QUARANTINE_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
 
@@ -75,7 +77,46 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
             sse=settings.s3_sse,
         ),
     )
+    # Dead letters are kept too, with their reason, under the lake's quarantine/ prefix.
+    op.output(
+        "quarantine_out",
+        op.flat_map("quarantine_rows", streams.dead_letter_batches, lambda letters: quarantine_items(letters, settings)),
+        LakeSink(
+            settings,
+            partitions=partition_count(settings, settings.telemetry_topic),
+            endpoint_url=settings.s3_endpoint_url,
+            sse=settings.s3_sse,
+            schema=QUARANTINE_ARROW_SCHEMA,
+            time_column="quarantined_at",
+            subdir=QUARANTINE_DIR,
+        ),
+    )
     return flow
+
+
+def quarantine_items(letters: list[DeadLetter], settings: Settings) -> list[tuple[str, pa.Table]]:
+    """Dead letters as quarantine tables, one per source partition (the lake writer of that partition)."""
+    now_ms = int(time.time() * 1000)
+    by_partition: dict[int, list[DeadLetter]] = {}
+    for letter in letters:
+        by_partition.setdefault(letter.partition, []).append(letter)
+    items = []
+    for partition, group in by_partition.items():
+        table = pa.table(
+            {
+                "value": pa.array([d.value for d in group], pa.binary()),
+                "key": pa.array([d.key for d in group], pa.binary()),
+                "reason": [d.reason for d in group],
+                "detail": [d.detail for d in group],
+                "source_topic": [d.topic or settings.telemetry_topic for d in group],
+                "source_partition": pa.array([partition] * len(group), pa.int32()),
+                "source_offset": pa.array([d.offset for d in group], pa.int64()),
+                "quarantined_at": pa.array([now_ms] * len(group), pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            },
+            schema=QUARANTINE_ARROW_SCHEMA,
+        )
+        items.append((f"lake-{max(partition, 0)}", table))
+    return items
 
 
 def _lake_item(decoded: DecodedBatch) -> tuple[str, pa.Table] | None:

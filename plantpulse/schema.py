@@ -151,6 +151,20 @@ MACHINE_STATE_ARROW_SCHEMA = pa.schema(
     ]
 )
 
+# A rejected message as kept in the lake's `quarantine/` prefix: the original bytes and why.
+QUARANTINE_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("value", pa.binary(), nullable=False),
+        pa.field("key", pa.binary()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("source_topic", pa.string(), nullable=False),
+        pa.field("source_partition", pa.int32(), nullable=False),
+        pa.field("source_offset", pa.int64(), nullable=False),
+        pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+
 
 class RawBatch(msgspec.Struct, frozen=True):
     """Undecoded messages pulled from one Kafka partition in one poll: the unit the flow decodes at once.

@@ -213,3 +213,17 @@ def test_raw_lake_holds_every_valid_message_once(run) -> None:
     assert len(lake) == len(valid)
     assert not lake.duplicated(["kafka_partition", "kafka_offset"]).any()
     assert sorted(zip(lake["machine_id"], lake["seq"])) == sorted(zip(valid["machine_id"], valid["seq"]))
+
+
+def test_dead_letters_are_kept_in_the_lake_quarantine(run) -> None:
+    from connectors.lake import read_quarantine
+
+    settings, _, recording, _ = run
+    outcome = expected_acceptance(recording)
+    quarantine = read_quarantine(settings.lake_url).to_pandas()
+    expected = recording[~outcome.isin(["accepted", "duplicate"])]
+    assert len(quarantine) == len(expected)
+    assert sorted(zip(quarantine["value"], quarantine["reason"])) == sorted(
+        zip(expected["raw"], outcome[expected.index])
+    )
+    assert not quarantine.duplicated(["source_partition", "source_offset"]).any()
