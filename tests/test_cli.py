@@ -5,26 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from connectors.broker import free_port
+from tests.processes import PLANTPULSE, flow_env, scrape
 
 pytestmark = pytest.mark.integration
-PLANTPULSE = [sys.executable, "-m", "plantpulse.cli"]
-
-
-def _metric(port: int, name: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            lines = response.read().decode().splitlines()
-    except OSError:
-        return -1.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + " "))
 
 
 def _stop(process: subprocess.Popen) -> int:
@@ -50,17 +39,9 @@ def test_broker_command_prints_its_address_and_stops_on_ctrl_c() -> None:
 def test_run_initialises_recovery_store_and_resumes_from_it(kafka_settings, tmp_path: Path) -> None:
     settings = kafka_settings(create_topics=True, partitions=2)
     recovery = tmp_path / "recovery"
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "TELEMETRY_TOPIC": settings.telemetry_topic,
-        "ALERTS_TOPIC": settings.alerts_topic,
-        "DEADLETTER_TOPIC": settings.deadletter_topic,
-        "DATA_DIR": str(tmp_path),
-        "RECOVERY_DIR": str(recovery),
-        "RECOVERY_PARTITIONS": "3",
-        "SNAPSHOT_INTERVAL_SECONDS": "1",
-    }
+    env = flow_env(
+        settings, tmp_path, RECOVERY_DIR=str(recovery), RECOVERY_PARTITIONS="3", SNAPSHOT_INTERVAL_SECONDS="1"
+    )
     produced = subprocess.run(
         PLANTPULSE + ["sim", "--machines", "20", "--as-fast-as-possible", "--count", "4000", "--seed", "2"],
         env=env, capture_output=True, text=True,
@@ -75,14 +56,15 @@ def test_run_initialises_recovery_store_and_resumes_from_it(kafka_settings, tmp_
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and process.poll() is None:
                 time.sleep(0.3)
-                if attempt == 0 and _metric(port, "plantpulse_readings_received_total") >= 4000:
+                samples = scrape(port)
+                if attempt == 0 and samples and samples.get("plantpulse_readings_received_total", 0) >= 4000:
                     time.sleep(2.5)  # let a snapshot (1 s epochs) record the offsets
                     break
-                if attempt == 1 and _metric(port, "plantpulse_readings_received_total") >= 0:
+                if attempt == 1 and samples is not None:
                     time.sleep(2.0)
                     break
             assert process.poll() is None, (tmp_path / f"run-{attempt}.log").read_text()[-2000:]
-            received = _metric(port, "plantpulse_readings_received_total")
+            received = (scrape(port) or {}).get("plantpulse_readings_received_total", -1.0)
         finally:
             assert _stop(process) == 0
         if attempt == 0:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,14 @@ import pytest
 
 from connectors.broker import free_port
 from sim import Simulator, build_fleet, produce
+from tests.processes import flow_env, scrape
 from tests.reference import window_stats_reference
 
 pytestmark = pytest.mark.integration
 
 
 def _metric(port: int, name: str) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return (scrape(port) or {}).get(name, 0.0)
 
 
 def test_two_process_cluster_equals_reference(kafka_settings, tmp_path: Path) -> None:
@@ -46,19 +41,15 @@ def test_two_process_cluster_equals_reference(kafka_settings, tmp_path: Path) ->
     ports = [free_port(), free_port()]
     metrics_ports = [free_port(), free_port()]
     addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "TELEMETRY_TOPIC": settings.telemetry_topic,
-        "ALERTS_TOPIC": settings.alerts_topic,
-        "DEADLETTER_TOPIC": settings.deadletter_topic,
-        "DATA_DIR": str(tmp_path),
-        "MACHINES_FILE": str(tmp_path / "cluster.machines.csv"),
-        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}",
-        "CLICKHOUSE_FLUSH_SECONDS": "0.2",
-        "IDLE_CLOSE_SECONDS": "3",  # the stream ends: its last windows close by idleness
-        "STATE_SHARDS": "16",
-    }
+    env = flow_env(
+        settings,
+        tmp_path,
+        MACHINES_FILE=str(tmp_path / "cluster.machines.csv"),
+        CLICKHOUSE_URL=f"chdb://{tmp_path / 'chdb'}",
+        CLICKHOUSE_FLUSH_SECONDS="0.2",
+        IDLE_CLOSE_SECONDS="3",  # the stream ends: its last windows close by idleness
+        STATE_SHARDS="16",
+    )
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "plantpulse.cli", "run", "-i", str(i), "-a", addresses, "-p", "2"],

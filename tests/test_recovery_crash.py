@@ -11,9 +11,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +22,10 @@ import pytest
 from connectors.broker import free_port
 from connectors.lake import read_lake
 from sim import Simulator, build_fleet, produce
+from tests.processes import PLANTPULSE, flow_env, scrape
 from tests.reference import window_stats_reference
 
 pytestmark = pytest.mark.integration
-PLANTPULSE = [sys.executable, "-m", "plantpulse.cli"]
-
-
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            lines = response.read().decode().splitlines()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in lines:
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def test_sigkill_three_times_then_exactly_once(kafka_settings, tmp_path: Path) -> None:
@@ -50,20 +34,16 @@ def test_sigkill_three_times_then_exactly_once(kafka_settings, tmp_path: Path) -
     summary = produce(settings, Simulator(build_fleet(200, seed=9), seed=9, faults="all", fault_rate=0.2),
                       count=200_000, record_path=recording)
     assert summary.messages >= 200_000
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "TELEMETRY_TOPIC": settings.telemetry_topic,
-        "ALERTS_TOPIC": settings.alerts_topic,
-        "DEADLETTER_TOPIC": settings.deadletter_topic,
-        "DATA_DIR": str(tmp_path),
-        "MACHINES_FILE": str(tmp_path / "crash.machines.csv"),
-        "RECOVERY_DIR": str(tmp_path / "recovery"),
-        "SNAPSHOT_INTERVAL_SECONDS": "1",
-        "CLICKHOUSE_FLUSH_SECONDS": "0.2",
-        "IDLE_CLOSE_SECONDS": "3",
-        "KAFKA_BATCH_SIZE": "2000",  # smaller polls: the kills land in the middle of the stream
-    }
+    env = flow_env(
+        settings,
+        tmp_path,
+        MACHINES_FILE=str(tmp_path / "crash.machines.csv"),
+        RECOVERY_DIR=str(tmp_path / "recovery"),
+        SNAPSHOT_INTERVAL_SECONDS="1",
+        CLICKHOUSE_FLUSH_SECONDS="0.2",
+        IDLE_CLOSE_SECONDS="3",
+        KAFKA_BATCH_SIZE="2000",  # smaller polls: the kills land in the middle of the stream
+    )
     rng = random.Random(7)
     for attempt in range(4):
         port = free_port()
@@ -73,7 +53,7 @@ def test_sigkill_three_times_then_exactly_once(kafka_settings, tmp_path: Path) -
         try:
             if attempt < 3:
                 started = time.monotonic()
-                while not _metrics(port).get("plantpulse_readings_received_total"):
+                while not (scrape(port) or {}).get("plantpulse_readings_received_total"):
                     assert process.poll() is None and time.monotonic() - started < 60, f"run {attempt} did not start"
                     time.sleep(0.05)
                 time.sleep(rng.uniform(0.2, 1.5))
@@ -117,7 +97,7 @@ def _wait_until_caught_up(port: int, process: subprocess.Popen, log: Path) -> No
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text()[-2000:]
         time.sleep(0.5)
-        metrics = _metrics(port)
+        metrics = scrape(port) or {}
         lag = sum(v for k, v in metrics.items() if k.startswith("plantpulse_kafka_lag{"))
         state = (metrics.get("plantpulse_windows_emitted_total"),
                  metrics.get('plantpulse_clickhouse_rows_inserted_total{table="window_stats"}'), lag)
