@@ -26,12 +26,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from bench.per_event import build_per_event_flow
-from flows.decode import ValidationLimits
+from connectors.lake import LakeSink
+from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import load_rules
 from flows.window_state import WindowConfig
 from plantpulse.schema import RawBatch
-from plantpulse.settings import PACKAGED_RULES_FILE
+from plantpulse.settings import PACKAGED_RULES_FILE, Settings
 
 PARTITIONS = 8
 BATCH = 10_000
@@ -67,8 +68,13 @@ class KafkaLikePolls:
                     cursor[p] += len(rows)
 
 
-def run_flow(batches: KafkaLikePolls, snapshot_every_s: float | None = None) -> list[pa.Table]:
-    """The project's flow; with `snapshot_every_s`, Bytewax recovery snapshots the state that often."""
+def run_flow(
+    batches: KafkaLikePolls, snapshot_every_s: float | None = None, *, lake: bool = False, recovery: bool = True
+) -> list[pa.Table]:
+    """The project's flow; with `snapshot_every_s`, Bytewax recovery snapshots the state that often.
+
+    `lake` adds the live flow's raw-lake sink (a temporary file:// lake, default file thresholds);
+    `recovery=False` keeps the same epochs (the sinks still write at each) without a recovery store."""
     config = PipelineConfig(
         limits=ValidationLimits(max_event_age_ms=0),  # a recording: its age says nothing about validity
         windows=WindowConfig(window_ms=WINDOW_MS, lateness_ms=LATENESS_MS),
@@ -80,13 +86,26 @@ def run_flow(batches: KafkaLikePolls, snapshot_every_s: float | None = None) -> 
     flow = Dataflow("bench_flow")
     streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), config)
     op.output("out", streams.window_stats, TestingSink(out))
-    if snapshot_every_s is None:
-        run_main(flow)
-        return out
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as directory:
-        init_db_dir(Path(directory), 1)
-        run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s), recovery_config=RecoveryConfig(directory))
+        if lake:
+            settings = Settings(data_dir=Path(directory))
+            items = op.filter_map("lake_rows", streams.decoded, _lake_item)
+            op.output("lake_out", items, LakeSink(settings, partitions=PARTITIONS))
+        if snapshot_every_s is None:
+            run_main(flow)
+        elif not recovery:
+            run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s))
+        else:
+            store = Path(directory) / "recovery"
+            store.mkdir()
+            init_db_dir(store, 1)
+            run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s), recovery_config=RecoveryConfig(store))
     return out
+
+
+def _lake_item(decoded: DecodedBatch) -> tuple[str, pa.Table] | None:
+    readings = decoded.readings
+    return (f"lake-{readings['kafka_partition'][0].as_py()}", readings) if readings.num_rows else None
 
 
 def run_per_event(batches: KafkaLikePolls) -> list[pa.Table]:
@@ -105,6 +124,9 @@ def main() -> None:
         "per_event": run_per_event,
         "flow_recovery_10s": lambda polls: run_flow(polls, 10.0),
         "flow_recovery_1s": lambda polls: run_flow(polls, 1.0),
+        # The live flow's stateful parts (windows, rules, raw lake with its carried rows) on a long input.
+        "flow_lake_10s": lambda polls: run_flow(polls, 10.0, lake=True, recovery=False),
+        "flow_lake_recovery_10s": lambda polls: run_flow(polls, 10.0, lake=True),
     }[name]
     started = time.perf_counter()
     tables = runner(batches)

@@ -5,19 +5,25 @@ Items are `(f"lake-{kafka_partition}", decoded_readings_table)`; the sink stores
 `dt=YYYY-MM-DD/hour=HH/` directories by event time (see `connectors.lake_store` for the layout).
 
 Exactly once under recovery replay: a partition only buffers in `write_batch`; files are written only in
-`snapshot()` (and `close()`), named `part-{partition:03d}-{seq:010d}.parquet` where `seq` is the state that
-`snapshot()` returns. The files of a sequence are therefore a pure function of the rows between two
-snapshots, and a replay after a crash rebuilds exactly the sequences that the recovery store did not commit:
+`snapshot()` (and `close()`), named `part-{partition:03d}-{seq:010d}.parquet` where `seq` is part of the
+state that `snapshot()` returns. What a sequence holds is decided at that snapshot and recorded in the same
+state, so a replay after a crash rebuilds exactly the sequences that the recovery store did not commit:
 
 - before writing sequence N, everything a previous attempt at N wrote (in any dt/hour; its manifest says
   where) is deleted; the manifest is written first, so a crash at any point leaves nothing unlisted;
-- on resume from state s, sequences >= s (written after the committed snapshot, so their rows will be
-  replayed, possibly grouped into different epochs) are deleted before anything else happens.
+- on resume from state s, sequences >= s.seq (written after the committed snapshot, so their rows will be
+  replayed or are carried in s) are deleted before anything else happens.
 
-Memory: nothing is written mid-epoch (that would break the naming), so a partition holds one snapshot
-interval of rows: about `snapshot_interval_seconds` x its rate. `max_buffer_rows` only makes that visible
-(a warning); rows are never dropped. An unreachable store is retried with backoff forever inside
-`snapshot()`/`close()`, which holds the whole flow back until it is reachable again.
+File sizes: an hour's rows are carried from snapshot to snapshot - inside the snapshotted state, as
+compressed Arrow IPC - until they reach `LAKE_FILE_MAX_ROWS` or `LAKE_FILE_MAX_BYTES`, or the oldest waited
+`LAKE_FILE_MAX_AGE_SECONDS`; only then are they written, as one file. Carried rows cost recovery-store
+space (each snapshot stores them again), which is why the defaults stay moderate; `plantpulse lake compact`
+merges an hour's files into one afterwards.
+
+Memory: a partition holds at most one snapshot interval of new rows plus its carried hours (bounded by the
+thresholds). `max_buffer_rows` only makes a large interval visible (a warning); rows are never dropped. An
+unreachable store is retried with backoff forever inside `snapshot()`/`close()`, which holds the whole flow
+back - Kafka is no longer polled - until it is reachable again.
 """
 
 from __future__ import annotations
@@ -25,23 +31,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from fsspec import AbstractFileSystem
 from prometheus_client import Counter
 
 from connectors import lake_store as store
+from connectors.lake_compact import drop_compacted_rows
+from connectors.lake_read import QUARANTINE_DIR, read_lake, read_quarantine
 from connectors.retry import Backoff
 from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
-QUARANTINE_DIR = "quarantine"
+__all__ = ["QUARANTINE_DIR", "FileThresholds", "LakeSink", "LakeSinkPartition", "LakeState", "read_lake", "read_quarantine"]
+
 logger = logging.getLogger("plantpulse.lake")
 
 ROWS_WRITTEN = Counter("plantpulse_lake_rows_written", "Readings written to the raw lake.")
@@ -52,9 +61,41 @@ PART_PREFIX = "lake-"
 # Manifests older than this many sequences are deleted as new ones are written: the recovery store never
 # lags that far behind, and the newest one must survive for a fresh start to find the next sequence.
 MANIFESTS_KEPT = 1024
+IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
-class LakeSink(FixedPartitionedSink[pa.Table, int]):
+@dataclass(frozen=True)
+class FileThresholds:
+    """When an hour's buffered rows become a file (checked at each snapshot; any one suffices)."""
+
+    max_rows: int = 250_000
+    max_bytes: int = 64 * 2**20
+    max_age_s: float = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FileThresholds:
+        return cls(settings.lake_file_max_rows, settings.lake_file_max_bytes, settings.lake_file_max_age_seconds)
+
+
+@dataclass
+class CarriedHour:
+    """Rows of one event hour kept across snapshots: Arrow IPC streams (lz4), each serialized once."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0  # uncompressed Arrow size, compared with max_bytes
+    since_s: float = 0.0  # wall-clock time its oldest row was buffered
+
+
+@dataclass
+class LakeState:
+    """A lake partition's snapshot: the next sequence to write and the rows carried to a later file."""
+
+    seq: int
+    carried: dict[int, CarriedHour] = field(default_factory=dict)  # event hour (ms // 3_600_000) -> rows
+
+
+class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
     """`partitions` writer partitions named `lake-<p>`, one per Kafka partition of the telemetry topic.
 
     `fs` replaces the filesystem derived from `settings.lake_url`; `endpoint_url`, `key`, `secret`, `sse`
@@ -77,6 +118,8 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         schema: pa.Schema = READING_ARROW_SCHEMA,
         time_column: str = "ts",
         subdir: str | None = None,
+        thresholds: FileThresholds | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`schema`, `time_column` and `subdir` select what is stored where: readings at the lake's root by
         event time, or dead letters under `quarantine/` by the time they were rejected.
@@ -97,6 +140,8 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
         self.partitions = partitions
         self.max_buffer_rows = max_buffer_rows
         self.backoff_factory = backoff_factory
+        self.thresholds = thresholds or FileThresholds.from_settings(settings)
+        self.clock = clock
         self.recovery_dir = Path(settings.recovery_dir) if settings.recovery_dir is not None else None
         # Partitions built in this process, by name, so operators and tests can read their counters.
         self.built: dict[str, LakeSinkPartition] = {}
@@ -107,7 +152,7 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
     def part_fn(self, item_key: str) -> int:
         return _partition_number(item_key) % self.partitions
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> LakeSinkPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: LakeState | None) -> LakeSinkPartition:
         number = _partition_number(for_part)
         part = LakeSinkPartition(
             self.fs,
@@ -122,23 +167,23 @@ class LakeSink(FixedPartitionedSink[pa.Table, int]):
             ),
             schema=self.schema,
             time_column=self.time_column,
+            thresholds=self.thresholds,
+            clock=self.clock,
         )
         self.built[for_part] = part
         return part
 
 
-class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
-    """Buffers one snapshot interval of readings per event hour; writes them as sequence `seq` on snapshot.
-
-    State (`snapshot()`'s return value) is the next sequence number to write.
-    """
+class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
+    """Buffers readings per event hour; at a snapshot, writes the hours that reached a threshold as
+    sequence `seq` and carries the others (in the returned `LakeState`) to a later snapshot."""
 
     def __init__(
         self,
         fs: AbstractFileSystem,
         root: str,
         partition: int,
-        resume_state: int | None,
+        resume_state: LakeState | int | None,
         *,
         max_buffer_rows: int = 2_000_000,
         name: str = "lake",
@@ -146,10 +191,16 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         first_seq_file: Path | None = None,
         schema: pa.Schema = READING_ARROW_SCHEMA,
         time_column: str = "ts",
+        thresholds: FileThresholds | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema, self.time_column = schema, time_column
-        if resume_state is not None and (not isinstance(resume_state, int) or resume_state < 0):
-            raise ValueError(f"{name}: resume state must be a sequence number >= 0, got {resume_state!r}")
+        self.thresholds = thresholds or FileThresholds()
+        self.clock = clock
+        if isinstance(resume_state, int) and not isinstance(resume_state, bool):
+            resume_state = LakeState(resume_state)  # the state of releases without carried rows
+        if resume_state is not None and (not isinstance(resume_state, LakeState) or resume_state.seq < 0):
+            raise ValueError(f"{name}: resume state must be a LakeState with seq >= 0, got {resume_state!r}")
         self.fs = fs
         self.root = root
         self.partition = partition
@@ -158,6 +209,8 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         self.resumed_from = resume_state
         self._backoff = backoff or Backoff()
         self._buffer: dict[int, list[pa.Table]] = {}  # event hour (ms // 3_600_000) -> tables
+        self._buffer_since: dict[int, float] = {}
+        self._carried: dict[int, CarriedHour] = dict(resume_state.carried) if resume_state is not None else {}
         self.buffered_rows = 0
         self._over_limit_warned = False
         # Counters for tests and operators (the Prometheus metrics aggregate all partitions).
@@ -167,7 +220,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         if resume_state is None and first_seq_file is not None and first_seq_file.exists():
             # The recovery store has no commit yet, but this store started before at a known sequence:
             # what was written from there on is uncommitted and will be replayed.
-            resume_state = int(first_seq_file.read_text())
+            resume_state = LakeState(int(first_seq_file.read_text()))
         if resume_state is None:
             # No committed snapshot: never destroy what is there (a lake kept across runs without recovery,
             # or written under an earlier recovery store); continue after it.
@@ -179,7 +232,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
                 temporary.write_text(str(self.seq))
                 temporary.replace(first_seq_file)
         else:
-            self.seq = resume_state
+            self.seq = resume_state.seq
             self._retrying("drop uncommitted sequences", self._drop_uncommitted)
 
     # --- called by the Bytewax worker ---
@@ -190,8 +243,9 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
             if rows.num_rows == 0:
                 continue
             hours = rows[self.time_column].cast(pa.int64()).to_numpy() // store.MS_PER_HOUR
-            for hour in np.unique(hours):
-                self._buffer.setdefault(int(hour), []).append(rows.filter(pa.array(hours == hour)))
+            for hour in np.unique(hours).tolist():
+                self._buffer.setdefault(hour, []).append(rows.filter(pa.array(hours == hour)))
+                self._buffer_since.setdefault(hour, self.clock())
             self.buffered_rows += rows.num_rows
         if self.buffered_rows > self.max_buffer_rows and not self._over_limit_warned:
             # Writing now would give these rows a sequence that a replay cannot reproduce, so keep them.
@@ -202,14 +256,21 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
                 self.name, self.buffered_rows, self.max_buffer_rows,
             )
 
-    def snapshot(self) -> int:
-        self._flush()
-        return self.seq
+    def snapshot(self) -> LakeState:
+        now = self.clock()
+        due = [hour for hour in sorted(set(self._buffer) | set(self._carried)) if self._is_due(hour, now)]
+        self._flush(due)
+        self._carry(now)
+        return LakeState(self.seq, dict(self._carried))
 
     def close(self) -> None:
         # Rows after the last snapshot: if no snapshot follows, a rerun resumes before them and rewrites
         # this same sequence, so writing them is safe and keeps a clean shutdown from losing them.
-        self._flush()
+        self._flush(sorted(set(self._buffer) | set(self._carried)))
+
+    @property
+    def carried_rows(self) -> int:
+        return sum(c.rows for c in self._carried.values())
 
     # --- internals ---
 
@@ -221,15 +282,27 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         except (KeyError, pa.ArrowException) as exc:
             raise ValueError(f"{self.name}: table does not fit the lake schema ({_schema_name(self.schema)}): {exc}") from exc
 
-    def _flush(self) -> None:
-        """Write the buffer as sequence `self.seq` (retrying forever), then advance the sequence."""
-        if not self._buffer:
+    def _is_due(self, hour: int, now: float) -> bool:
+        carried = self._carried.get(hour, CarriedHour(since_s=now))
+        new = self._buffer.get(hour, [])
+        rows = carried.rows + sum(t.num_rows for t in new)
+        nbytes = carried.nbytes + sum(t.nbytes for t in new)
+        # Carried rows are older than anything buffered since the last snapshot.
+        since = carried.since_s if carried.rows else self._buffer_since.get(hour, now)
+        limits = self.thresholds
+        return rows >= limits.max_rows or nbytes >= limits.max_bytes or now - since >= limits.max_age_s
+
+    def _flush(self, hours: list[int]) -> None:
+        """Write `hours` (carried and new rows) as sequence `self.seq`, retrying forever; advance the sequence."""
+        if not hours:
             return
         # Serialized once, outside the retry loop: only the store is retried, never the data.
         files: dict[str, bytes] = {}
         rows = 0
-        for hour, tables in sorted(self._buffer.items()):
-            data = pa.concat_tables(tables)
+        for hour in hours:
+            carried = self._carried.get(hour)
+            tables = [_from_ipc(chunk) for chunk in carried.chunks] if carried else []
+            data = pa.concat_tables(tables + self._buffer.get(hour, []))
             rows += data.num_rows
             sink = pa.BufferOutputStream()
             pq.write_table(data, sink, compression="zstd")
@@ -240,10 +313,30 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         self.files_written += len(files)
         ROWS_WRITTEN.inc(rows)
         FILES_WRITTEN.inc(len(files))
+        for hour in hours:
+            self._carried.pop(hour, None)
+            self._buffer_since.pop(hour, None)
+            self.buffered_rows -= sum(t.num_rows for t in self._buffer.pop(hour, []))
+        self.seq += 1
+
+    def _carry(self, now: float) -> None:
+        """Move the rows still buffered into the carried state (one IPC chunk per hour and snapshot)."""
+        for hour, tables in self._buffer.items():
+            data = pa.concat_tables(tables)
+            carried = self._carried.get(hour)
+            if carried is None:
+                carried = CarriedHour(since_s=self._buffer_since.get(hour, now))
+            else:
+                # A new object: an earlier snapshot's state may still be referenced and must not change.
+                carried = CarriedHour(list(carried.chunks), carried.rows, carried.nbytes, carried.since_s)
+            carried.chunks.append(_to_ipc(data))
+            carried.rows += data.num_rows
+            carried.nbytes += data.nbytes
+            self._carried[hour] = carried
         self._buffer.clear()
+        self._buffer_since.clear()
         self.buffered_rows = 0
         self._over_limit_warned = False
-        self.seq += 1
 
     def _write_seq(self, seq: int, files: dict[str, bytes]) -> None:
         """Replace whatever sequence `seq` of this partition holds by `files`. Idempotent, so retried whole."""
@@ -251,7 +344,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         # The manifest names old and new files before anything changes, so a crash anywhere below leaves
         # every file of this sequence listed for the next attempt to delete.
         store.write_manifest(self.fs, self.root, self.partition, seq, sorted(set(previous) | set(files)))
-        store.remove_quietly(self.fs, [p for p in previous if p not in files])
+        self._remove_files([p for p in previous if p not in files])
         for path, data in files.items():
             store.put_bytes(self.fs, path, data)
         store.write_manifest(self.fs, self.root, self.partition, seq, list(files))
@@ -263,7 +356,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         seq = self.seq
         # Sequences are written one after another, so the uncommitted ones are contiguous from self.seq.
         while (files := store.read_manifest(self.fs, self.root, self.partition, seq)) is not None:
-            store.remove_quietly(self.fs, files)
+            self._remove_files(files)
             seq += 1
         # Manifests last and newest first, so an interrupted cleanup can still be found and finished.
         for stale in range(seq - 1, self.seq - 1, -1):
@@ -271,6 +364,16 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         if seq > self.seq:
             logger.info("%s: resumed at sequence %d, deleted uncommitted sequences %d..%d",
                         self.name, self.seq, self.seq, seq - 1)
+
+    def _remove_files(self, paths: list[str]) -> None:
+        """Delete files of an uncommitted sequence, and their rows where `lake compact` merged them already."""
+        if not paths:
+            return
+        store.remove_quietly(self.fs, paths)
+        if self.schema.equals(READING_ARROW_SCHEMA):  # only the readings are compacted
+            removed = drop_compacted_rows(self.fs, paths)
+            if removed:
+                logger.warning("%s: removed %d replayed rows from compacted files", self.name, removed)
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         """Run `action` until it succeeds: the lake is retried forever, holding the flow back meanwhile."""
@@ -295,40 +398,15 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, int]):
         return result
 
 
-def read_lake(lake_url: str, fs: AbstractFileSystem | None = None, *, with_partition_columns: bool = False) -> pa.Table:
-    """Every reading in the lake at `lake_url` (READING_ARROW_SCHEMA; plus `dt` and `hour` if asked).
-
-    For tests and tools: it reads the whole lake into memory. An empty or missing lake gives no rows.
-    """
-    fs, root = store.open_lake(lake_url, fs)
-    if not fs.exists(root):
-        return READING_ARROW_SCHEMA.empty_table()
-    dataset = ds.dataset(
-        root,
-        filesystem=fs,
-        format="parquet",
-        partitioning="hive",
-        schema=_with_partitions(READING_ARROW_SCHEMA),
-        ignore_prefixes=[".", "_", QUARANTINE_DIR],
-    )
-    table = dataset.to_table()
-    return table if with_partition_columns else table.select(READING_ARROW_SCHEMA.names)
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
-def read_quarantine(lake_url: str, fs: AbstractFileSystem | None = None) -> pa.Table:
-    """Every dead letter kept under the lake's `quarantine/` prefix (QUARANTINE_ARROW_SCHEMA)."""
-    fs, root = store.open_lake(lake_url, fs)
-    root = f"{root.rstrip('/')}/{QUARANTINE_DIR}"
-    if not fs.exists(root):
-        return QUARANTINE_ARROW_SCHEMA.empty_table()
-    dataset = ds.dataset(
-        root, filesystem=fs, format="parquet", partitioning="hive", schema=_with_partitions(QUARANTINE_ARROW_SCHEMA)
-    )
-    return dataset.to_table().select(QUARANTINE_ARROW_SCHEMA.names)
-
-
-def _with_partitions(schema: pa.Schema) -> pa.Schema:
-    return schema.append(pa.field("dt", pa.string())).append(pa.field("hour", pa.int32()))
+def _from_ipc(chunk: bytes) -> pa.Table:
+    return pa.ipc.open_stream(chunk).read_all()
 
 
 def _partition_number(key: str) -> int:

@@ -151,3 +151,22 @@ def highest_seq(fs: AbstractFileSystem, root: str, partition: int) -> int | None
     prefix = f"part-{partition:03d}-"
     seqs = [int(n[len(prefix) : -len(".json")]) for n in names if n.startswith(prefix) and n.endswith(".json")]
     return max(seqs, default=None)
+
+
+def list_data_files(fs: AbstractFileSystem, directory: str) -> list[str]:
+    """Visible `.parquet` files directly in `directory` (no temporaries), sorted; [] when it does not exist."""
+    try:
+        paths = fs.ls(directory, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    names = (posixpath.basename(p.rstrip("/")) for p in paths)
+    return sorted(posixpath.join(directory, n) for n in names if n.endswith(".parquet") and not n.startswith((".", "_")))
+
+
+def partition_of(file_path: str) -> int | None:
+    """The sink partition of a `part-PPP-SSSSSSSSSS.parquet` file, or None for other names."""
+    name = posixpath.basename(file_path)
+    pieces = name.removesuffix(".parquet").split("-")
+    if len(pieces) == 3 and pieces[0] == "part" and pieces[1].isdigit() and pieces[2].isdigit():
+        return int(pieces[1])
+    return None

@@ -18,6 +18,9 @@ TICK = timedelta(seconds=1)
 # Closing windows after every small batch would emit many tiny tables; closing at most this often keeps
 # outputs large while adding well under a second to a window's latency.
 CLOSE_INTERVAL_S = 0.25
+# Callbacks come at least every TICK while the worker runs; a longer gap means the worker stood still
+# (backpressure from a sink, e.g. an S3 outage) and readings waited in Kafka meanwhile.
+STALL_S = 2.0
 
 
 class ShardSplitter:
@@ -64,9 +67,18 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
         self.windows = windows
         self.clock = clock
         self.last_close_s = 0.0
+        self.last_call_s: float | None = None
+
+    def _now(self) -> float:
+        """The clock, with any stall of the worker taken out of the machines' silence."""
+        now = self.clock()
+        if self.last_call_s is not None and now - self.last_call_s > STALL_S:
+            self.windows.pause(now - self.last_call_s - TICK.total_seconds())
+        self.last_call_s = now
+        return now
 
     def on_batch(self, values: list[pa.Table]) -> tuple[Iterable[WindowOutput], bool]:
-        now = self.clock()
+        now = self._now()
         outputs = [self.windows.add(table, now) for table in values]
         if now - self.last_close_s >= CLOSE_INTERVAL_S:
             self.last_close_s = now
@@ -74,13 +86,13 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
         return [o for o in outputs if _has_content(o)], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[WindowOutput], bool]:
-        self.last_close_s = self.clock()
+        self.last_close_s = self._now()
         output = self.windows.close(self.last_close_s)
         return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[WindowOutput], bool]:
         # A bounded input (replay, benchmark, test) has ended: every open window is complete.
-        output = self.windows.close(self.clock(), flush_all=True)
+        output = self.windows.close(self._now(), flush_all=True)
         return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

@@ -96,6 +96,11 @@ class ShardWindows:
         self.last_arrival_s[:] = now_s
         self.carry_check()
 
+    def pause(self, seconds: float) -> None:
+        """The flow itself stood still for `seconds` (a sink holding it back, a long GC): readings waited in
+        Kafka, so that time is not silence of the machines. Arrival clocks move on by it."""
+        self.last_arrival_s += seconds
+
     def carry_check(self) -> None:
         if self.carry.seconds.shape[1] != len(self.rules):
             self.carry = RuleCarry(len(self.rules))  # the rule set changed: start breach runs afresh

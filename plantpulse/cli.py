@@ -1,4 +1,4 @@
-"""`plantpulse` command line: broker, sim, run, sql, demo. The roof of the house: nothing imports it.
+"""`plantpulse` command line: broker, sim, run, sql, lake, demo. The roof of the house: nothing imports it.
 
 Every command reads its configuration from the environment (`plantpulse.settings`); options only cover
 what differs per invocation. Errors end with a one-line reason on stderr and a non-zero exit code.
@@ -192,6 +192,43 @@ def sql(
     except Exception as error:  # noqa: BLE001 - any database error becomes one line, not a traceback
         _fail(f"query failed: {str(error).strip().splitlines()[0]}")
     print_result(columns, rows, output.value)
+
+
+lake_app = typer.Typer(no_args_is_help=True, help="Maintain the raw Parquet lake at $LAKE_URL.")
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("compact")
+def lake_compact(
+    date: str = typer.Option(..., "--date", help="Event date, YYYY-MM-DD (UTC)."),
+    hour: Optional[int] = typer.Option(None, "--hour", help="One hour 0-23 (default: every hour of the date)."),
+    min_age: float = typer.Option(
+        7200.0, "--min-age", min=0, help="Seconds after an hour's end before it may be compacted (live writers)."
+    ),
+) -> None:
+    """Merge each hour's files into one, sorted by machine and time (idempotent, crash-safe)."""
+    import time
+
+    from connectors.lake_compact import compact_date
+    from connectors.lake_store import open_lake
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        fs, root = open_lake(settings.lake_url, endpoint_url=settings.s3_endpoint_url, sse=settings.s3_sse)
+        results = compact_date(fs, root, date, hour, now_s=time.time(), min_age_s=min_age)
+    except ValueError as error:
+        _fail(str(error))
+    except Exception as error:  # noqa: BLE001 - a store failure becomes one line; a rerun resumes safely
+        _fail(f"lake compact failed (safe to run again): {str(error).strip().splitlines()[0]}")
+    for result in results:
+        if result.note != "empty":
+            typer.echo(
+                f"{result.directory}: {result.note}, {result.files_before} -> {result.files_after} files, "
+                f"{result.rows} rows"
+            )
+    if all(r.note == "empty" for r in results):
+        typer.echo(f"nothing to compact for {date}" + (f" hour {hour}" if hour is not None else ""))
 
 
 @app.command()

@@ -151,6 +151,27 @@ MACHINE_STATE_ARROW_SCHEMA = pa.schema(
     ]
 )
 
+# One row per scored (machine, window): the online anomaly model's verdict on that window's features.
+# `threshold` is null while the model warms up; `top_features` is a JSON list of [feature, contribution]
+# pairs, largest first, saying what drove the score.
+ANOMALY_SCORE_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("machine_type", pa.string(), nullable=False),
+        _ts_field("window_start"),
+        _ts_field("window_end"),
+        pa.field("model", pa.string(), nullable=False),  # the model spec's name, e.g. "pump"
+        pa.field("detector", pa.string(), nullable=False),  # e.g. "robust_zscore", "half_space_trees"
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("threshold", pa.float64()),
+        pa.field("warming_up", pa.bool_(), nullable=False),
+        pa.field("is_anomaly", pa.bool_(), nullable=False),  # score above threshold, after warm-up
+        pa.field("alert_raised", pa.bool_(), nullable=False),  # this window raised an `anomaly` alert
+        pa.field("top_features", pa.string(), nullable=False),
+        _ts_field("scored_at"),
+    ]
+)
+
 # A rejected message as kept in the lake's `quarantine/` prefix: the original bytes and why.
 QUARANTINE_ARROW_SCHEMA = pa.schema(
     [

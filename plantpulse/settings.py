@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_RULES_FILE = Path(__file__).with_name("config") / "rules.toml"
+PACKAGED_MODELS_FILE = Path(__file__).with_name("config") / "models.toml"
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,15 @@ class Settings(BaseSettings):
     lake_url: str = Field("", description="file:///path or s3://bucket/prefix for raw Parquet.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); credentials: AWS_*.")
     s3_sse: str | None = Field(None, description="Server-side encryption: AES256 or a KMS key id.")
+    lake_file_max_rows: int = Field(
+        250_000, ge=1, description="A lake file is written once an hour's buffered rows reach this (at a snapshot)."
+    )
+    lake_file_max_bytes: int = Field(
+        64 * 2**20, ge=1, description="... or its buffered rows reach this many bytes (Arrow, uncompressed)."
+    )
+    lake_file_max_age_seconds: float = Field(
+        120.0, ge=0, description="... or its oldest buffered row waited this long; 0 writes at every snapshot."
+    )
 
     # Recovery
     recovery_dir: Path | None = Field(None, description="Bytewax recovery store; recovery is off when unset.")
@@ -77,6 +87,7 @@ class Settings(BaseSettings):
 
     # Rules and fleet metadata
     rules_file: Path = PACKAGED_RULES_FILE
+    models_file: Path = Field(PACKAGED_MODELS_FILE, description="Anomaly model specs per machine type (TOML).")
     machines_file: Path | None = Field(None, description="CSV machine_id,site,line,machine_type.")
 
     # Bytewax cluster (multi-process). Explicit BYTEWAX_PROCESS_ID/BYTEWAX_ADDRESSES win; in a StatefulSet

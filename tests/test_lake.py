@@ -18,7 +18,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
-from connectors.lake import LakeSink, read_lake
+from connectors.lake import LakeSink, LakeState, read_lake
 from connectors.retry import Backoff
 from plantpulse.schema import READING_ARROW_SCHEMA, SENSORS
 from plantpulse.settings import Settings
@@ -55,8 +55,9 @@ def fast_backoff() -> Backoff:
     return Backoff(initial=0.05, maximum=0.2)
 
 
-def lake_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path)
+def lake_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings whose lake writes every hour at every snapshot (size thresholds have their own test)."""
+    return Settings(data_dir=tmp_path, **({"lake_file_max_age_seconds": 0} | overrides))
 
 
 def test_layout_schema_and_nothing_lost(tmp_path: Path) -> None:
@@ -71,7 +72,7 @@ def test_layout_schema_and_nothing_lost(tmp_path: Path) -> None:
     data = readings(4200, start_ms=T0 - 2400_000, partition=1)
     part.write_batch([data.slice(0, 1000), data.slice(1000)])
     assert list((tmp_path / "lake").glob("**/*.parquet")) == [], "nothing may be written before the snapshot"
-    assert part.snapshot() == 1
+    assert part.snapshot().seq == 1
     part.close()
 
     files = sorted(p.relative_to(tmp_path / "lake").as_posix() for p in (tmp_path / "lake").glob("dt=*/**/*.parquet"))
@@ -110,9 +111,9 @@ def test_replay_after_crash_is_exactly_once(tmp_path: Path) -> None:
     first = sink.build_part("s", "lake-0", None)
     first.write_batch([a])
     s1 = first.snapshot()
-    assert s1 == 1
+    assert s1.seq == 1
     first.write_batch([b])
-    assert first.snapshot() == 2  # seq 1 written, then the process "crashes" before the commit of s1 -> 2
+    assert first.snapshot().seq == 2  # seq 1 written, then the process "crashes" before the commit of s1 -> 2
     assert read_lake(settings.lake_url).num_rows == 1000
 
     # Replay: B plus more rows, spread over other hours (T0+3h, T0+5h) than the crashed attempt (T0+1h).
@@ -120,7 +121,7 @@ def test_replay_after_crash_is_exactly_once(tmp_path: Path) -> None:
                            readings(300, start_ms=T0 + 5 * HOUR_MS, seq0=1000)])
     second = sink.build_part("s", "lake-0", s1)
     second.write_batch([b2])
-    assert second.snapshot() == 2
+    assert second.snapshot().seq == 2
     back = read_lake(settings.lake_url)
     want = pa.concat_tables([a, b2])
     assert back.num_rows == want.num_rows == 1300
@@ -129,8 +130,8 @@ def test_replay_after_crash_is_exactly_once(tmp_path: Path) -> None:
 
     # A longer uncommitted future (seq 2 and 3 written, commit still at 2) is removed on resume as well.
     second.write_batch([readings(10, start_ms=T0 + 7 * HOUR_MS, seq0=5000)])
-    assert second.snapshot() == 3
-    third = sink.build_part("s", "lake-0", 2)
+    assert second.snapshot().seq == 3
+    third = sink.build_part("s", "lake-0", LakeState(2))
     assert third.seq == 2
     assert read_lake(settings.lake_url).num_rows == 1300
     # A fresh start (no recovery) continues after what is there and keeps it.
@@ -144,7 +145,7 @@ def test_crash_before_the_first_commit_is_rewritten_not_repeated(tmp_path: Path)
     earlier = LakeSink(lake_settings(tmp_path)).build_part("s", "lake-0", None)
     earlier.write_batch([readings(100, seq0=0)])
     earlier.snapshot()  # seq 0: data from before this recovery store existed
-    settings = Settings(data_dir=tmp_path, recovery_dir=tmp_path / "recovery")
+    settings = lake_settings(tmp_path, recovery_dir=tmp_path / "recovery")
     crashed = LakeSink(settings).build_part("s", "lake-0", None)
     assert crashed.seq == 1
     crashed.write_batch([readings(200, seq0=100)])
@@ -230,14 +231,14 @@ def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     try:
         fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, **options)
         fs.call_s3("create_bucket", Bucket="lake")
-        settings = Settings(data_dir=tmp_path, lake_url="s3://lake/raw")
+        settings = lake_settings(tmp_path, lake_url="s3://lake/raw")
         sink = LakeSink(settings, partitions=1, endpoint_url=endpoint, key="testing", secret="testing",
                         s3_options=options, backoff_factory=fast_backoff)
         sink.fs.retries = 1  # s3fs's own retry loop (a class attribute) would add seconds per attempt
         part = sink.build_part("s", "lake-0", None)
         a = readings(300, start_ms=T0 - 150_000)
         part.write_batch([a])
-        assert part.snapshot() == 1
+        assert part.snapshot().seq == 1
         fs.invalidate_cache()
         assert sorted(fs.find("lake/raw/dt=2025-11-24")) == [
             "lake/raw/dt=2025-11-24/hour=15/part-000-0000000000.parquet",
@@ -249,7 +250,7 @@ def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         server.stop()
         b = readings(200, start_ms=T0 + HOUR_MS, seq0=300)
         part.write_batch([b])
-        result: list[int] = []
+        result: list[LakeState] = []
         worker = threading.Thread(target=lambda: result.append(part.snapshot()), daemon=True)
         worker.start()
         deadline = time.monotonic() + 30
@@ -261,7 +262,7 @@ def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         server = _start_moto(port)  # moto forgot everything: the bucket comes back empty
         fs.call_s3("create_bucket", Bucket="lake")
         worker.join(30)
-        assert result == [2]
+        assert [r.seq for r in result] == [2]
         fs.invalidate_cache()
         assert fs.find("lake/raw/dt=2025-11-24/hour=17") == ["lake/raw/dt=2025-11-24/hour=17/part-000-0000000001.parquet"]
         # Whether moto kept sequence 0 across the restart depends on its version (in-process backends may

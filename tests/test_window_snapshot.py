@@ -61,3 +61,26 @@ def test_resumed_state_gives_identical_windows_and_alerts() -> None:
     assert straight[0].num_rows > 100 and straight[1].num_rows > 0
     assert resumed[0].equals(straight[0])
     assert resumed[1].equals(straight[1])
+
+
+def test_a_stalled_worker_is_not_machine_silence() -> None:
+    """While a sink holds the worker back (an S3 outage), readings wait in Kafka: when the worker runs
+    again after 40 s, open windows must not be idle-closed; 40 s of real silence (the worker ticking
+    every second without readings) does close them."""
+    decoder = BatchDecoder(ValidationLimits(max_event_age_ms=0))
+    batch = batches_of([encode(r) for r in breach_readings(seed=1)[:60]], 60)[0]
+    readings = decoder.decode(batch, now_ms=1_700_000_000_000 + 10**9).readings
+
+    def run(ticks: list[float]) -> int:
+        now = [1000.0]
+        logic = ShardWindowLogic(ShardWindows(WindowConfig(idle_close_s=15.0), [], {}), clock=lambda: now[0])
+        logic.on_batch([readings])
+        closed = 0
+        for t in ticks:
+            now[0] = t
+            emitted, _ = logic.on_notify()
+            closed += sum(o.window_stats.num_rows for o in emitted if o.window_stats is not None)
+        return closed
+
+    assert run([1040.0]) == 0  # one callback after a 40 s stall
+    assert run([1000.0 + s for s in range(1, 41)]) > 0  # 40 one-second ticks of silence
