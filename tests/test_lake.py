@@ -171,19 +171,8 @@ def test_bytewax_recovery_replay_is_exactly_once(tmp_path: Path) -> None:
     sinks: list[LakeSink] = []
 
     def build(fail_after: int | None) -> Dataflow:
-        seen = [0]
-
-        def crash_midway(item: tuple[str, pa.Table]) -> tuple[str, pa.Table]:
-            seen[0] += 1
-            if fail_after is not None and seen[0] > fail_after:
-                raise RuntimeError("simulated crash")
-            return item
-
-        flow = Dataflow("lake_replay")
-        items = op.map("crash_midway", op.input("in", flow, TestingSource(batches)), crash_midway)
         sinks.append(LakeSink(settings, partitions=2))
-        op.output("lake", items, sinks[-1])
-        return flow
+        return crashing_lake_flow(batches, sinks[-1], fail_after)
 
     with pytest.raises(Exception, match="crash_midway"):
         run_main(build(25), epoch_interval=timedelta(0), recovery_config=RecoveryConfig(db_dir))
@@ -195,6 +184,21 @@ def test_bytewax_recovery_replay_is_exactly_once(tmp_path: Path) -> None:
     want = pa.concat_tables([t for _, t in batches])
     assert back.num_rows == want.num_rows
     assert keyset(back) == keyset(want) and checksum(back) == checksum(want)
+
+
+def crashing_lake_flow(batches: list[tuple[str, pa.Table]], sink: LakeSink, fail_after: int | None) -> Dataflow:
+    """`batches` into `sink`; the flow raises after `fail_after` items (a crash mid-run)."""
+    seen = [0]
+
+    def crash_midway(item: tuple[str, pa.Table]) -> tuple[str, pa.Table]:
+        seen[0] += 1
+        if fail_after is not None and seen[0] > fail_after:
+            raise RuntimeError("simulated crash")
+        return item
+
+    flow = Dataflow("lake_replay")
+    op.output("lake", op.map("crash_midway", op.input("in", flow, TestingSource(batches)), crash_midway), sink)
+    return flow
 
 
 # --- S3 through a moto server ---

@@ -11,15 +11,11 @@ injected failures in tests/test_clickhouse.py.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -30,9 +26,14 @@ from connectors.broker import free_port
 from connectors.lake import read_lake
 from connectors.topics import partition_ids
 from sim import Simulator, build_fleet, produce
-from tests.processes import PLANTPULSE, flow_env, scrape
-from tests.reference import window_stats_reference
-from tests.test_recovery_crash import _sql, _wait_until_caught_up
+from tests.processes import (
+    PLANTPULSE,
+    assert_exactly_once,
+    flow_env,
+    scrape,
+    stop,
+    wait_until_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,16 +126,10 @@ def test_s3_outage_mid_run_loses_nothing_and_holds_memory(kafka_settings, tmp_pa
 
         producer.join(60)
         assert produced and produced[0].messages >= 150_000
-        _wait_until_caught_up(metrics_port, process, log)
+        wait_until_caught_up(metrics_port, process, log)
         final = scrape(metrics_port) or {}
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process)
 
     received = [m.get("plantpulse_readings_received_total", 0) for m, _ in samples]
     # The blocked snapshot stops the worker: after it, nothing more is pulled (at most the polls in flight).
@@ -156,16 +151,4 @@ def test_s3_outage_mid_run_loses_nothing_and_holds_memory(kafka_settings, tmp_pa
         lake = read_lake("s3://plant-lake/raw", fs).to_pandas()
     finally:
         server.stop()
-    assert len(lake) == len(readings)
-    assert not lake.duplicated(["machine_id", "seq"]).any()
-    assert (pd.util.hash_pandas_object(lake[["machine_id", "seq"]], index=False).sum()
-            == pd.util.hash_pandas_object(readings[["machine_id", "seq"]], index=False).sum())
-    expected = window_stats_reference(readings, 10_000)
-    actual = _sql(env, "SELECT machine_id, toUnixTimestamp64Milli(window_start) AS window_start, readings, "
-                       "pressure_min, secs_running FROM window_stats FINAL ORDER BY machine_id, window_start")
-    assert len(actual) == len(expected)
-    assert actual["readings"].tolist() == expected["readings"].tolist()
-    for column in ("pressure_min", "secs_running"):
-        np.testing.assert_allclose(actual[column].astype(float), expected[column].astype(float), rtol=1e-9)
-    alerts = _sql(env, "SELECT count() AS n, uniqExact(alert_id) AS unique_ids FROM alerts FINAL")
-    assert alerts["n"][0] == alerts["unique_ids"][0]
+    assert_exactly_once(readings, lake, env)

@@ -6,7 +6,6 @@ computed from the simulator's recording, and alerts are not duplicated.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -14,16 +13,21 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from connectors.broker import free_port
 from connectors.lake import read_lake
 from sim import Simulator, build_fleet, produce
-from tests.processes import PLANTPULSE, flow_env, scrape
-from tests.reference import window_stats_reference
+from tests.processes import (
+    PLANTPULSE,
+    assert_exactly_once,
+    flow_env,
+    scrape,
+    sql,
+    stop,
+    wait_until_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,54 +65,11 @@ def test_sigkill_three_times_then_exactly_once(kafka_settings, tmp_path: Path) -
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 continue
-            _wait_until_caught_up(port, process, tmp_path / f"run-{attempt}.log")
+            wait_until_caught_up(port, process, tmp_path / f"run-{attempt}.log")
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop(process)
 
     readings = pq.read_table(recording).to_pandas()
     lake = read_lake(f"file://{tmp_path / 'lake'}").to_pandas()
-    assert len(lake) == len(readings)
-    assert not lake.duplicated(["machine_id", "seq"]).any()
-    assert (pd.util.hash_pandas_object(lake[["machine_id", "seq"]], index=False).sum()
-            == pd.util.hash_pandas_object(readings[["machine_id", "seq"]], index=False).sum())
-
-    expected = window_stats_reference(readings, 10_000)
-    actual = _sql(env, "SELECT machine_id, toUnixTimestamp64Milli(window_start) AS window_start, readings, "
-                       "temperature_mean, vibration_max, secs_running FROM window_stats FINAL "
-                       "ORDER BY machine_id, window_start")
-    assert len(actual) == len(expected)
-    assert actual["readings"].tolist() == expected["readings"].tolist()
-    assert actual["window_start"].astype("int64").tolist() == expected["window_start"].tolist()
-    for column in ("temperature_mean", "vibration_max", "secs_running"):
-        np.testing.assert_allclose(actual[column].astype(float), expected[column].astype(float), rtol=1e-9)
-    alerts = _sql(env, "SELECT count() AS n, uniqExact(alert_id) AS unique_ids FROM alerts FINAL")
-    assert alerts["n"][0] == alerts["unique_ids"][0] > 0
-
-
-def _wait_until_caught_up(port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 240
-    last, stable_since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.5)
-        metrics = scrape(port) or {}
-        lag = sum(v for k, v in metrics.items() if k.startswith("plantpulse_kafka_lag{"))
-        state = (metrics.get("plantpulse_windows_emitted_total"),
-                 metrics.get('plantpulse_clickhouse_rows_inserted_total{table="window_stats"}'), lag)
-        if state != last:
-            last, stable_since = state, time.monotonic()
-        elif lag == 0 and time.monotonic() - stable_since > 8:  # idle close (3 s) + snapshots (1 s) done
-            return
-    pytest.fail(f"the flow did not catch up: {last}")
-
-
-def _sql(env: dict[str, str], query: str) -> pd.DataFrame:
-    out = subprocess.run(PLANTPULSE + ["sql", query, "--format", "json"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return pd.DataFrame([json.loads(line) for line in out.splitlines()])
+    assert_exactly_once(readings, lake, env)
+    assert sql(env, "SELECT count() AS n FROM alerts FINAL")["n"][0] > 0
