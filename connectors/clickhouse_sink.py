@@ -38,6 +38,7 @@ from connectors.clickhouse_schema import apply_schema, load_machines, quote_data
 from connectors.retry import Backoff
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
+    ANOMALY_SCORE_ARROW_SCHEMA,
     MACHINE_STATE_ARROW_SCHEMA,
     WINDOW_STATS_ARROW_SCHEMA,
 )
@@ -49,6 +50,7 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "window_stats": WINDOW_STATS_ARROW_SCHEMA,
     "alerts": ALERT_ARROW_SCHEMA,
     "machine_state": MACHINE_STATE_ARROW_SCHEMA,
+    "anomaly_scores": ANOMALY_SCORE_ARROW_SCHEMA,
 }
 
 ROWS_INSERTED = Counter("plantpulse_clickhouse_rows_inserted", "Rows inserted into ClickHouse.", ["table"])

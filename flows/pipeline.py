@@ -1,7 +1,8 @@
-"""The telemetry processing steps as one composite: raw polls in, sink-ready streams out.
+"""The telemetry processing steps as composites: raw polls in, sink-ready streams out.
 
-Shared by the live flow (`flows.telemetry`), the benchmark and the tests, so all of them run exactly the
-same decode -> shard -> window -> rules logic.
+`process_telemetry` (decode + `analyse_readings`) is shared by the live flow (`flows.telemetry`), the
+benchmark and the tests; `analyse_readings` (shard -> window -> rules -> anomaly models) is also what the
+replay flow (`flows.replay`) runs on recorded readings, so live and replay run exactly the same logic.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import pyarrow as pa
 from bytewax.dataflow import Stream, operator
 
 from flows import metrics
+from flows.anomaly_logic import AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
 from flows.fleet import load_machine_types
 from flows.rules import ThresholdRule, load_rules
 from flows.window_logic import ShardSplitter, ShardWindowLogic, restore_windows
 from flows.window_state import ShardWindows, WindowConfig, WindowOutput
+from models.fleet_models import FleetModels, ScoredWindows
+from models.spec import ModelSpecs, load_model_specs
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
 
@@ -34,6 +38,7 @@ class PipelineConfig:
     rules: tuple[ThresholdRule, ...]
     machine_types: dict[str, str]
     shards: int
+    models: ModelSpecs | None = None  # None: no anomaly models
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -53,6 +58,7 @@ class PipelineConfig:
             rules=tuple(load_rules(settings.rules_file)),
             machine_types=load_machine_types(Path(settings.machines_file)) if settings.machines_file else {},
             shards=settings.state_shards,
+            models=load_model_specs(settings.models_file),
         )
 
 
@@ -62,8 +68,18 @@ class PipelineStreams:
     dead_letters: Stream[DeadLetter]
     dead_letter_batches: Stream[list[DeadLetter]]  # the same dead letters, as the lists they arise in
     window_stats: Stream[pa.Table]
+    alerts: Stream[pa.Table]  # threshold and anomaly alerts
+    machine_state: Stream[pa.Table]
+    anomaly_scores: Stream[pa.Table]
+
+
+@dataclass
+class AnalysisStreams:
+    window_stats: Stream[pa.Table]
     alerts: Stream[pa.Table]
     machine_state: Stream[pa.Table]
+    anomaly_scores: Stream[pa.Table]
+    late: Stream[list[DeadLetter]]
 
 
 @operator
@@ -80,32 +96,67 @@ def process_telemetry(
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
         return decoded
 
-    def build_logic(snapshot: bytes | None) -> ShardWindowLogic:
-        fresh = ShardWindows(config.windows, list(config.rules), config.machine_types)
-        return ShardWindowLogic(restore_windows(fresh, snapshot, clock()), clock)
-
     decoded = op.map("decode", raw, decode)
-    splitter = ShardSplitter(config.shards)
-    sharded = op.flat_map("shard", decoded, lambda d: splitter(d.readings))
-    outputs = op.key_rm("outputs", op.stateful_batch("windows", sharded, build_logic))
-    counted = op.map("count", outputs, _count)
+    analysis = analyse_readings("analyse", op.map("readings", decoded, lambda d: d.readings), config, clock)
     letter_batches = op.filter(
         "dead_letter_batches",
-        op.merge(
-            "rejected",
-            op.map("invalid", decoded, lambda d: d.dead_letters),
-            op.map("late", counted, lambda o: o.dead_letters or []),
-        ),
+        op.merge("rejected", op.map("invalid", decoded, lambda d: d.dead_letters), analysis.late),
         bool,
     )
     return PipelineStreams(
         decoded=decoded,
         dead_letters=op.flat_map("dead_letters", letter_batches, lambda letters: letters),
         dead_letter_batches=letter_batches,
-        window_stats=op.filter_map("window_stats", counted, lambda o: o.window_stats),
-        alerts=op.filter_map("alerts", counted, lambda o: o.alerts if o.alerts and o.alerts.num_rows else None),
-        machine_state=op.filter_map("machine_state", counted, lambda o: o.machine_state),
+        window_stats=analysis.window_stats,
+        alerts=analysis.alerts,
+        machine_state=analysis.machine_state,
+        anomaly_scores=analysis.anomaly_scores,
     )
+
+
+@operator
+def analyse_readings(
+    step_id: str, readings: Stream[pa.Table], config: PipelineConfig, clock: Callable[[], float] = time.time
+) -> AnalysisStreams:
+    """Shard, window, evaluate rules and score anomaly models on decoded reading tables (a composite)."""
+
+    def build_logic(snapshot: bytes | None) -> ShardWindowLogic:
+        fresh = ShardWindows(config.windows, list(config.rules), config.machine_types)
+        return ShardWindowLogic(restore_windows(fresh, snapshot, clock()), clock)
+
+    splitter = ShardSplitter(config.shards)
+    sharded = op.flat_map("shard", readings, splitter)
+    keyed_outputs = op.map_value("count", op.stateful_batch("windows", sharded, build_logic), _count)
+    outputs = op.key_rm("outputs", keyed_outputs)
+    threshold_alerts = op.filter_map("alerts", outputs, lambda o: o.alerts if o.alerts and o.alerts.num_rows else None)
+    window_stats = op.filter_map("window_stats", outputs, lambda o: o.window_stats)
+    if config.models is None:
+        anomaly_scores = op.filter_map("no_models", window_stats, lambda _: None)
+        alerts = threshold_alerts
+    else:
+        specs = config.models
+        keyed_windows = op.filter_map_value("keyed_windows", keyed_outputs, lambda o: o.window_stats)
+
+        def build_models(snapshot: bytes | None) -> AnomalyLogic:
+            return AnomalyLogic.restore(snapshot, lambda: FleetModels(specs), clock)
+
+        scored = op.key_rm("scored", op.stateful_batch("anomaly", keyed_windows, build_models))
+        anomaly_scores = op.filter_map("anomaly_scores", scored, lambda s: s.scores if s.scores.num_rows else None)
+        alerts = op.merge("all_alerts", threshold_alerts, op.filter_map("anomaly_alerts", scored, _anomaly_alerts))
+    return AnalysisStreams(
+        window_stats=window_stats,
+        alerts=alerts,
+        machine_state=op.filter_map("machine_state", outputs, lambda o: o.machine_state),
+        anomaly_scores=anomaly_scores,
+        late=op.map("late", outputs, lambda o: o.dead_letters or []),
+    )
+
+
+def _anomaly_alerts(scored: ScoredWindows) -> pa.Table | None:
+    if scored.alerts is None:
+        return None
+    metrics.ALERTS_RAISED.labels("warning").inc(scored.alerts.num_rows)
+    return scored.alerts
 
 
 def _count(output: WindowOutput) -> WindowOutput:

@@ -64,6 +64,7 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         op.map("window_rows", streams.window_stats, lambda t: ("window_stats", ("window_stats", t))),
         op.map("alert_rows", streams.alerts, lambda t: ("alerts", ("alerts", t))),
         op.map("state_rows", streams.machine_state, lambda t: ("machine_state", ("machine_state", t))),
+        op.map("score_rows", streams.anomaly_scores, lambda t: ("anomaly_scores", ("anomaly_scores", t))),
     )
     op.output("clickhouse_out", tables, ClickHouseSink(settings))
     # Every valid reading, as decoded, goes to the raw lake; one lake writer per Kafka partition.
