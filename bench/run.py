@@ -1,6 +1,6 @@
-"""`make bench`: engine throughput (project flow vs per-event flow) and end-to-end latency.
+"""`make bench`: engine throughput (project flow vs per-event flow), replay speed and end-to-end latency.
 
-    python -m bench.run [--readings N] [--machines M] [--runs K] [--skip-e2e]
+    python -m bench.run [--readings N] [--machines M] [--runs K] [--skip-e2e] [--skip-replay]
 
 Writes `bench/results/latest.json` (and a timestamped copy). Figures are medians of K runs.
 """
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--recovery-readings", type=int, default=8_000_000,
                         help="input of the recovery-cost runs: long enough for several 10 s snapshot intervals")
     parser.add_argument("--skip-recovery-cost", action="store_true", help="keep the recovery figures of latest.json")
+    parser.add_argument("--skip-replay", action="store_true", help="keep the replay figures of latest.json")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = json.loads((RESULTS / "latest.json").read_text()) if (RESULTS / "latest.json").exists() else {}
@@ -99,7 +100,15 @@ def main() -> None:
             results["recovery_cost"] = previous["recovery_cost"]
     else:
         results["recovery_cost"] = recovery_cost(args)
-    if not args.skip_e2e:
+    if args.skip_replay:
+        if "replay" in previous:
+            results["replay"] = previous["replay"]
+    else:
+        results["replay"] = replay_speed(args)
+    if args.skip_e2e:
+        if "end_to_end" in previous:
+            results["end_to_end"] = previous["end_to_end"]
+    else:
         from bench.e2e import run_e2e
 
         print("end-to-end benchmark (embedded broker, chDB):", flush=True)
@@ -167,6 +176,41 @@ def recovery_cost(args: argparse.Namespace) -> dict:
         "slowdown": round(1 - with_recovery["events_per_s"] / without["events_per_s"], 3),
         "target_slowdown": 0.15,
     }
+
+
+def replay_speed(args: argparse.Namespace) -> dict:
+    """`plantpulse replay`'s flow (decode, windows, rules, anomaly models; one process, one worker) on two
+    recordings: the engine input (many machines, 20 windows each: mostly warm-up) and an hour of 500
+    machines (360 windows each: models past warm-up, alerts raised)."""
+    inputs = {"fleet": recording(args.readings, args.machines), "hour_500_machines": hour_recording()}
+    print("replay speed (plantpulse replay's flow, one process):", flush=True)
+    out: dict = {"target_events_per_s": 200_000}
+    for name, data in inputs.items():
+        measured = []
+        for i in range(args.runs):
+            completed = subprocess.run([sys.executable, "-m", "bench.replay_speed", str(data)], check=True,
+                                       capture_output=True, text=True, cwd=ROOT.parent)
+            result = json.loads(completed.stdout.strip().splitlines()[-1])
+            print(f"  {name} run {i + 1}/{args.runs}: {result['events_per_s']:,} readings/s "
+                  f"({result['events_per_s_with_read']:,}/s with reading the file), peak RSS {result['peak_rss_mb']} MB",
+                  flush=True)
+            measured.append(result)
+        summary = dict(measured[0])
+        for field in ("seconds", "read_seconds", "events_per_s", "events_per_s_with_read", "peak_rss_mb"):
+            summary[field] = statistics.median(m[field] for m in measured)
+        summary["runs"] = [{k: m[k] for k in ("seconds", "events_per_s", "peak_rss_mb")} for m in measured]
+        out[name] = {"file": data.name, **summary}
+    return out
+
+
+def hour_recording(machines: int = 500, seconds: int = 3600, seed: int = 42) -> Path:
+    path = DATA / f"replay-{machines}m-{seconds}s-s{seed}.parquet"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        print(f"recording {seconds} s of {machines} machines to {path} …", flush=True)
+        record_only(Simulator(build_fleet(machines, seed), seed=seed, faults="all", fault_rate=0.1),
+                    duration_s=seconds, path=path)
+    return path
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from models.evaluation import Evaluation  # noqa: E402
-from models.features import FEATURE_SENSOR  # noqa: E402
+from models.evaluation import Evaluation
 
 PLOTTED_MACHINES = 2  # best and worst each
 
@@ -68,15 +67,15 @@ def write_leaderboard(out: Path, rows: list[dict]) -> None:
 
 def _markdown(name: str, metrics: dict, evaluation: Evaluation | None, plots: list[str]) -> str:
     lines = [f"# Replay {name}", "", f"Overrides: `{metrics['overrides'] or 'none'}`", "",
-             f"{metrics['readings']:,} readings in {metrics['seconds']} s ({metrics['readings_per_s']:,} readings/s); "
-             f"{metrics['windows_scored']:,} windows scored; {metrics['alerts']} anomaly alerts.", ""]
+             (f"{metrics['readings']:,} readings in {metrics['seconds']} s ({metrics['readings_per_s']:,} readings/s); "
+             f"{metrics['windows_scored']:,} windows scored; {metrics['alerts']} anomaly alerts."), ""]
     if evaluation is not None:
         lines += ["| fault | events | detected | recall | precision | F1 | median delay (s) | median delay (windows) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {f['fault']} | {f['events']} | {f['detected']} | {f['recall']} | {f['precision']} | {f['f1']} | "
                   f"{f['median_delay_s']} | {f['median_delay_windows']} |" for f in evaluation.by_fault]
-        lines += ["", f"False alarms: {evaluation.false_alarms} over {evaluation.machine_days:.2f} machine-days "
-                      f"= **{evaluation.false_alarms_per_machine_day:.2f} per machine-day**.", ""]
+        lines += ["", (f"False alarms: {evaluation.false_alarms} over {evaluation.machine_days:.2f} machine-days "
+                      f"= **{evaluation.false_alarms_per_machine_day:.2f} per machine-day**."), ""]
     for plot in plots:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
@@ -127,7 +126,7 @@ def _plot_one(path: Path, machine: str, scores: pa.Table, window_stats: pa.Table
             for axis in (top, bottom):
                 axis.axvspan(event["start_ts"] / 1000.0 - t[0], event["end_ts"] / 1000.0 - t[0], color="orange",
                              alpha=0.2, label=f"labelled fault ({event['fault']})" if i == 0 and axis is top else None)
-    top.set_title(f"{machine}: signals, labelled faults and anomaly alerts ({', '.join(sorted(set(FEATURE_SENSOR.values())))})")
+    top.set_title(f"{machine}: {', '.join(sensors)} per window, labelled faults; below: anomaly score, threshold, alerts")
     top.legend(loc="upper left", fontsize=7)
     bottom.legend(loc="upper left", fontsize=7)
     bottom.set_xlabel("seconds since the machine's first scored window")

@@ -246,6 +246,7 @@ def replay(
     import time
     from dataclasses import replace
 
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from connectors.replay_sources import open_input
@@ -257,7 +258,7 @@ def replay(
 
     settings = _settings()
     try:
-        data = open_input(source)
+        data = open_input(source, s3_endpoint_url=settings.s3_endpoint_url)
         specs = load_model_specs(models or settings.models_file)
         points = parse_grid(grid)
         variants = [specs.with_overrides(point) for point in points]
@@ -270,7 +271,7 @@ def replay(
         # A recording's age says nothing about its validity: no too-old check in a replay.
         config = replace(base, machine_types=machine_types, models=variant, limits=replace(base.limits, max_event_age_ms=0))
         with Progress(TextColumn(f"run {number}/{len(points)}"), BarColumn(), TextColumn("{task.completed:,} readings"),
-                      TimeRemainingColumn(), transient=True) as progress:
+                      TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task("replay", total=data.readings)
 
             def advance(item: object) -> None:

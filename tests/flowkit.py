@@ -17,6 +17,7 @@ from flows.decode import DeadLetter, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import ThresholdRule, load_rules
 from flows.window_state import WindowConfig
+from models.spec import ModelSpecs
 from plantpulse.schema import SENSORS, RawBatch
 from plantpulse.settings import PACKAGED_RULES_FILE
 
@@ -27,6 +28,7 @@ class FlowResult:
     alerts: pd.DataFrame
     machine_state: pd.DataFrame
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    anomaly_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def config(
@@ -36,6 +38,7 @@ def config(
     rules: list[ThresholdRule] | None = None,
     machine_types: dict[str, str] | None = None,
     limits: ValidationLimits | None = None,
+    models: ModelSpecs | None = None,
     **window_options: float,
 ) -> PipelineConfig:
     return PipelineConfig(
@@ -44,6 +47,7 @@ def config(
         rules=tuple(load_rules(PACKAGED_RULES_FILE) if rules is None else rules),
         machine_types=machine_types or {},
         shards=shards,
+        models=models,
     )
 
 
@@ -59,17 +63,19 @@ def run_pipeline(batches: list[RawBatch], cfg: PipelineConfig, workers: int = 1,
     alerts: list[pa.Table] = []
     states: list[pa.Table] = []
     dead: list[DeadLetter] = []
+    scores: list[pa.Table] = []
     flow = Dataflow("test_pipeline")
     streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), cfg, clock=clock)
     op.output("stats", streams.window_stats, TestingSink(stats))
     op.output("alerts", streams.alerts, TestingSink(alerts))
     op.output("state", streams.machine_state, TestingSink(states))
     op.output("dead", streams.dead_letters, TestingSink(dead))
+    op.output("scores", streams.anomaly_scores, TestingSink(scores))
     if workers == 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    return FlowResult(_frame(stats), _frame(alerts), _frame(states), dead)
+    return FlowResult(_frame(stats), _frame(alerts), _frame(states), dead, _frame(scores))
 
 
 def _frame(tables: list[pa.Table]) -> pd.DataFrame:
