@@ -276,3 +276,33 @@ def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert keyset(read_lake(settings.lake_url, fs)) == keyset(want)
     finally:
         server.stop()
+
+
+def test_s3_server_side_encryption_is_requested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`S3_SSE=AES256` (the flow passes `settings.s3_sse`) makes every lake object encrypted at rest."""
+    import s3fs
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = _start_moto(port)
+    try:
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint,
+                               client_kwargs={"region_name": "us-east-1"})
+        fs.call_s3("create_bucket", Bucket="sealed")
+        settings = lake_settings(tmp_path, lake_url="s3://sealed/raw", s3_sse="AES256")
+        sink = LakeSink(settings, endpoint_url=endpoint, key="testing", secret="testing", sse=settings.s3_sse,
+                        s3_options={"client_kwargs": {"region_name": "us-east-1"}})
+        part = sink.build_part("s", "lake-0", None)
+        part.write_batch([readings(50)])
+        part.snapshot()
+        fs.invalidate_cache()
+        objects = fs.find("sealed/raw")
+        assert objects and any(o.endswith(".parquet") for o in objects)
+        for path in objects:
+            bucket, key = path.split("/", 1)
+            assert fs.call_s3("head_object", Bucket=bucket, Key=key).get("ServerSideEncryption") == "AES256", path
+    finally:
+        server.stop()
