@@ -1,17 +1,30 @@
 """Online anomaly models for many machines: window statistics in, scores and `anomaly` alerts out.
 
-`FleetModels` keeps, per machine, the state of the detector its machine type's spec names (columnar for
-`robust_zscore`, one River model for `half_space_trees`), an adaptive threshold, a warm-up counter and
-the alerting state. Each call scores a table of closed windows; every machine's windows must come in
-window order (the flow emits them so). A machine's outcome depends only on its own windows, so how
-machines are spread over shards or workers does not matter, and the whole object pickles into a Bytewax
-snapshot and continues exactly where it stopped.
+`FleetModels` keeps, per machine, the state its machine type's spec asks for: the detector's baselines
+per operating mode (columnar NumPy arrays for `robust_zscore`, River trees for `half_space_trees`), an
+adaptive threshold, warm-up counters, a little history (previous window's temperature and mode, the
+mode's reference temperature) and the alerting state. Each `score` call takes a table of closed windows;
+each machine's windows must come in window order (the flow emits them so). A machine's outcome depends
+only on its own windows, so how machines are spread over shards, workers or calls does not matter, and
+the whole object pickles into a Bytewax snapshot and continues exactly where it stopped.
 
-Per scorable window (see `models.features`): score it, compare with the machine's threshold (after
-warm-up), then learn from it unless it is anomalous - a fault must not become the new normal, unless it
-lasts `alert.relearn_after_windows` (then it *is* the new normal, e.g. after a part was replaced). An
-alert is raised when `alert.min_windows` consecutive windows are anomalous, at most once per
-`alert.cooldown_windows`.
+Per window (features: see `models.features`):
+
+1. A transition window (start, stop) is not scored: score 0, never anomalous. In the first
+   `settle_windows` windows of a new mode only `settle_features` (those that a start or stop does not
+   disturb, e.g. a fall of pressure inside the window) are scored - in running windows only: after a
+   stop, pressure and power still run down - and nothing is learned. A stopped
+   or idle machine *is* scored, against its own idle or standstill baseline, on the features that mean
+   something there.
+2. Otherwise the detector scores it. While the (machine, mode) baseline has learned fewer than
+   `warmup_windows` windows the row is `warming_up` (threshold null, never anomalous).
+3. After warm-up it is anomalous when the score exceeds the machine's adaptive threshold.
+4. It is learned unless anomalous - a fault must not become the new normal - except when the anomaly
+   has lasted `alert.relearn_after_windows` windows (then it *is* the new normal, e.g. a replaced part).
+   Only scores judged normal feed the adaptive threshold.
+5. An alert is raised when `alert.min_windows` consecutive windows are anomalous: once per such
+   episode (a run of over windows), and not within `alert.cooldown_windows` windows of the machine's
+   previous alert.
 """
 
 from __future__ import annotations
@@ -22,200 +35,276 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from models.features import FEATURE_SENSOR, FEATURES, window_features
-from models.half_space_trees import HalfSpaceTreesDetector
+from models.features import (
+    DIRECTION,
+    FEATURE_SENSOR,
+    FEATURES,
+    MODE_FEATURES,
+    MODES,
+    RISE,
+    RUNNING,
+    CLIMB,
+    TRANSITION,
+    WindowColumns,
+    temperature_rise,
+)
+from models.half_space_trees import HalfSpaceTreesFleet
 from models.robust_zscore import RobustZScore
 from models.spec import ModelSpec, ModelSpecs
 from models.threshold import AdaptiveThreshold
-from plantpulse.schema import ALERT_ARROW_SCHEMA, ANOMALY_SCORE_ARROW_SCHEMA
+from plantpulse.schema import ALERT_ARROW_SCHEMA, ANOMALY_SCORE_ARROW_SCHEMA, WINDOW_STATS_ARROW_SCHEMA
 
 TOP_FEATURES = 3
+_N_MODES = len(MODES)
+_NO_ALERT_YET = 10**9
 
 
 class ScoredWindows(NamedTuple):
-    scores: pa.Table  # ANOMALY_SCORE_ARROW_SCHEMA, one row per input row
+    scores: pa.Table  # ANOMALY_SCORE_ARROW_SCHEMA, one row per input row, in input order
     alerts: pa.Table | None  # ALERT_ARROW_SCHEMA, or None when no alert was raised
 
 
-class _SpecState:
-    """Detector and threshold state of the machines that use one spec."""
+class _Outputs:
+    """Per-row results of one `score` call, filled group by group and round by round."""
+
+    def __init__(self, n: int) -> None:
+        self.score = np.zeros(n)
+        self.threshold = np.full(n, np.nan)
+        self.warming = np.ones(n, dtype=bool)
+        self.anomaly = np.zeros(n, dtype=bool)
+        self.alert = np.zeros(n, dtype=bool)
+        self.contributions = np.zeros((n, len(FEATURES)))
+
+
+class _Group:
+    """Detector, threshold and per-machine state of the machines that share one spec (local indices)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.robust = RobustZScore(len(FEATURES), alpha=spec.alpha, min_deviation=np.array(spec.min_deviations()))
-        self.threshold = AdaptiveThreshold(
-            spec.threshold_quantile, spec.threshold_margin, spec.threshold_floor, spec.threshold_rate
-        )
-        self.trees: dict[int, HalfSpaceTreesDetector] = {}
-
-    def grow(self, n: int) -> None:
-        self.robust.grow(n)
-        self.threshold.grow(n)
-
-    def score(self, machines: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        robust_score, residuals = self.robust.score(machines, x)
-        if self.spec.detector == "robust_zscore":
-            return robust_score, residuals
-        scores = np.array([self._tree(m).score_one(dict(zip(FEATURES, row))) for m, row in zip(machines.tolist(), x.tolist())])
-        return scores, residuals  # residuals still say which features moved
-
-    def learn(self, machines: np.ndarray, x: np.ndarray) -> None:
-        self.robust.learn(machines, x)
-        if self.spec.detector == "half_space_trees":
-            for m, row in zip(machines.tolist(), x.tolist()):
-                self._tree(m).learn_one(dict(zip(FEATURES, row)))
-
-    def _tree(self, machine: int) -> HalfSpaceTreesDetector:
-        tree = self.trees.get(machine)
-        if tree is None:
-            s = self.spec
-            tree = self.trees[machine] = HalfSpaceTreesDetector(
-                list(FEATURES), warmup=max(s.warmup_windows, 2), n_trees=s.hst_n_trees, height=s.hst_height,
-                window_size=s.hst_window_size, seed=s.hst_seed + machine,
+        self.ids: list[str] = []
+        if spec.detector == "robust_zscore":
+            self.detector: RobustZScore | HalfSpaceTreesFleet = RobustZScore(
+                len(FEATURES), alpha=spec.alpha, min_deviation=np.array(spec.min_deviations()), direction=DIRECTION,
+                n_modes=_N_MODES, prior=np.array(spec.priors()), prior_windows=spec.prior_windows,
+                min_count=spec.feature_min_windows, clip=spec.huber_clip, deviation_alpha=spec.deviation_alpha,
             )
-        return tree
+        else:
+            self.detector = HalfSpaceTreesFleet(
+                list(FEATURES), direction=DIRECTION, seed=spec.hst_seed, warmup=max(spec.warmup_windows, 2),
+                n_trees=spec.hst_n_trees, height=spec.hst_height, window_size=spec.hst_window_size,
+                margin=spec.hst_margin,
+            )
+        self.threshold = AdaptiveThreshold(
+            spec.threshold_quantile, spec.threshold_margin, spec.threshold_floor, spec.threshold_rate, _N_MODES
+        )
+        self.excluded = ~np.array(spec.feature_mask())
+        self.unsettled = np.array([f not in spec.settle_features for f in FEATURES])
+        self.prev_end = np.zeros(0, dtype=np.int64)
+        self.prev_temperature = np.zeros(0)
+        self.prev_mode = np.zeros(0, dtype=np.int64)
+        self.mode_streak = np.zeros(0, dtype=np.int64)
+        self.reference = np.zeros((0, _N_MODES))  # EWMA of the temperature of learned windows, per mode
+        self.learned = np.zeros((0, _N_MODES), dtype=np.int64)
+        self.scored = np.zeros(0, dtype=np.int64)  # scored windows, all modes (warm-up)
+        self.anomalous_run = np.zeros(0, dtype=np.int64)
+        self.since_alert = np.zeros(0, dtype=np.int64)
+        self.episode_alerted = np.zeros(0, dtype=bool)  # the current run of over windows has alerted
+        self.unlearned_run = np.zeros(0, dtype=np.int64)  # consecutive scored windows held back from learning
+
+    def add(self, machine_id: str) -> int:
+        local = len(self.ids)
+        self.ids.append(machine_id)
+        if local >= len(self.prev_end):
+            size = max(16, 2 * len(self.prev_end))
+            extra = size - len(self.prev_end)
+            self.prev_end = np.concatenate((self.prev_end, np.full(extra, -1, dtype=np.int64)))
+            self.prev_temperature = np.concatenate((self.prev_temperature, np.full(extra, np.nan)))
+            self.prev_mode = np.concatenate((self.prev_mode, np.full(extra, TRANSITION, dtype=np.int64)))
+            self.mode_streak = np.concatenate((self.mode_streak, np.zeros(extra, dtype=np.int64)))
+            self.reference = np.concatenate((self.reference, np.full((extra, _N_MODES), np.nan)))
+            self.learned = np.concatenate((self.learned, np.zeros((extra, _N_MODES), dtype=np.int64)))
+            self.scored = np.concatenate((self.scored, np.zeros(extra, dtype=np.int64)))
+            self.anomalous_run = np.concatenate((self.anomalous_run, np.zeros(extra, dtype=np.int64)))
+            self.since_alert = np.concatenate((self.since_alert, np.full(extra, _NO_ALERT_YET, dtype=np.int64)))
+            self.episode_alerted = np.concatenate((self.episode_alerted, np.zeros(extra, dtype=bool)))
+            self.unlearned_run = np.concatenate((self.unlearned_run, np.zeros(extra, dtype=np.int64)))
+            self.threshold.grow(size)
+        self.detector.grow(len(self.ids), self.ids)
+        return local
+
+    def step(self, m: np.ndarray, c: WindowColumns, rows: np.ndarray, out: _Outputs) -> None:
+        """Score, judge and learn one window per machine `m` (distinct); results go to `out[rows]`."""
+        spec = self.spec
+        mode = c.mode
+        valid = mode != TRANSITION
+        safe_mode = np.where(valid, mode, 0)
+        adjacent = self.prev_end[m] == c.window_start
+        x = c.base.copy()
+        with np.errstate(invalid="ignore"):
+            rise = temperature_rise(
+                c.temperature, self.prev_temperature[m], self.reference[m, safe_mode],
+                (c.window_end - c.window_start) / 1000.0, spec.thermal_tau_s,
+            )
+        x[:, RISE] = np.where(adjacent & valid & MODE_FEATURES[safe_mode, RISE], rise, np.nan)
+        # temperature_climb: last - mean, less the warm-up towards the reference over half a window
+        x[:, CLIMB] -= np.nan_to_num(
+            (self.reference[m, safe_mode] - c.temperature) * (1 - np.exp(-(c.window_end - c.window_start) / 2000.0
+                                                                          / spec.thermal_tau_s)), nan=0.0)
+        x[:, self.excluded] = np.nan
+        streak = np.where(adjacent & (mode == self.prev_mode[m]), self.mode_streak[m] + 1, 1)
+        # Settling (the first windows of a mode): only the start-proof features are scored, nothing is learned.
+        # After a stop the load still runs down (pressure falls, power lags): settling idle and standstill
+        # windows score nothing.
+        settling = streak <= spec.settle_windows
+        x[np.ix_(settling, self.unsettled)] = np.nan
+        x[settling & (mode != RUNNING)] = np.nan
+        scored = valid
+
+        run = np.zeros(len(m), dtype=np.int64)
+        alert = np.zeros(len(m), dtype=bool)
+        since = self.since_alert[m] + 1
+        if scored.any():
+            s = np.flatnonzero(scored)
+            ms, modes, xs = m[s], mode[s], x[s]
+            score, contributions = self.detector.score(ms, modes, xs)
+            warming = self.scored[ms] < spec.warmup_windows
+            threshold = self.threshold.threshold(ms, modes)
+            # Over the threshold counts during warm-up too (not learned, not an alert): a machine whose
+            # first windows are already faulty must not learn the fault as its baseline.
+            over = score > threshold
+            anomalous = ~warming & over
+            run[s] = np.where(over, self.anomalous_run[ms] + 1, 0)
+            alert[s] = (anomalous & (run[s] >= spec.alert_min_windows) & ~self.episode_alerted[ms]
+                        & (since[s] > spec.alert_cooldown_windows))
+            held = score > spec.alert_learn_below * threshold
+            held_run = np.where(held, self.unlearned_run[ms] + 1, 0)
+            self.unlearned_run[ms] = held_run
+            learn = (~held | (held_run >= spec.alert_relearn_after_windows)) & ~settling[s]
+            self.detector.learn(ms[learn], modes[learn], xs[learn])
+            self._learn_reference(ms[learn], modes[learn], c.temperature[s][learn])
+            self.learned[ms[learn], modes[learn]] += 1
+            self.scored[ms] += 1
+            steady = ~over & ~settling[s]
+            self.threshold.update(ms[steady], modes[steady], score[steady])
+            rs = rows[s]
+            out.score[rs], out.contributions[rs] = score, contributions
+            out.threshold[rs] = np.where(warming, np.nan, threshold)
+            out.warming[rs], out.anomaly[rs] = warming, anomalous
+        unscored = np.flatnonzero(~scored)
+        if len(unscored):
+            mu, modes = m[unscored], safe_mode[unscored]
+            warming = self.scored[mu] < spec.warmup_windows
+            out.warming[rows[unscored]] = warming
+            out.threshold[rows[unscored]] = np.where(warming, np.nan, self.threshold.threshold(mu, modes))
+        out.alert[rows] = alert
+        self.anomalous_run[m] = run  # a transition or a settling window ends an anomalous run
+        self.episode_alerted[m] = (run > 0) & (self.episode_alerted[m] | alert)
+        self.since_alert[m] = np.where(alert, 0, since)
+        self.prev_end[m] = c.window_end
+        self.prev_temperature[m] = c.temperature
+        self.prev_mode[m] = mode
+        self.mode_streak[m] = streak
+
+    def _learn_reference(self, m: np.ndarray, modes: np.ndarray, temperature: np.ndarray) -> None:
+        known = ~np.isnan(temperature)
+        m, modes, temperature = m[known], modes[known], temperature[known]
+        reference = self.reference[m, modes]
+        rate = np.maximum(self.spec.alpha, 1.0 / (self.learned[m, modes] + 1))
+        self.reference[m, modes] = np.where(np.isnan(reference), temperature, reference + rate * (temperature - reference))
 
 
 class FleetModels:
-    """Per-machine online anomaly models for any number of machines (one instance per state shard)."""
+    """Per-machine online anomaly models for any number of machines (one instance per state shard).
+
+    >>> from models.spec import ModelSpecs
+    >>> models = FleetModels(ModelSpecs({"default": {}}))
+    >>> models.score(WINDOW_STATS_ARROW_SCHEMA.empty_table(), now_ms=0).scores.num_rows
+    0
+    """
 
     def __init__(self, specs: ModelSpecs) -> None:
         self.specs = specs
-        self.index: dict[str, int] = {}
-        self.spec_of: list[str] = []  # spec name per machine index
-        self.states: dict[str, _SpecState] = {}
-        self.prev_temperature = np.zeros(0)
-        self.scorable_seen = np.zeros(0, dtype=np.int64)
-        self.anomalous_run = np.zeros(0, dtype=np.int64)
-        self.since_alert = np.zeros(0, dtype=np.int64)
-        self.running_streak = np.zeros(0, dtype=np.int64)
+        self.groups: dict[str, _Group] = {}
+        self.where: dict[str, tuple[str, int]] = {}  # machine_id -> (spec name, local index)
 
     def score(self, window_stats: pa.Table, now_ms: int) -> ScoredWindows:
-        """Score `window_stats` rows (WINDOW_STATS_ARROW_SCHEMA); learn from them; raise alerts."""
+        """Score `window_stats` rows (WINDOW_STATS_ARROW_SCHEMA); learn from them; raise alerts.
+
+        Returns one score row per input row, in input order, with `scored_at = now_ms`.
+        """
         n = window_stats.num_rows
         if n == 0:
             return ScoredWindows(ANOMALY_SCORE_ARROW_SCHEMA.empty_table(), None)
         ids = window_stats["machine_id"].to_pylist()
-        types = window_stats["machine_type"].to_pylist()
-        machines = np.fromiter((self._machine(i, t) for i, t in zip(ids, types)), dtype=np.int64, count=n)
-        starts = window_stats["window_start"].cast(pa.int64()).to_numpy()
-        order = np.lexsort((starts, machines))
-        # Round r holds each machine's r-th window of this table: within a round every machine appears
-        # at most once, so the vectorized updates apply windows in order.
-        rank = np.empty(n, dtype=np.int64)
-        sorted_machines = machines[order]
-        first_of_run = np.r_[True, sorted_machines[1:] != sorted_machines[:-1]]
-        run_start = np.maximum.accumulate(np.where(first_of_run, np.arange(n), 0))
-        rank[order] = np.arange(n) - run_start
+        where = self.where
+        for i, machine_id in enumerate(ids):
+            if machine_id not in where:
+                self._register(machine_id, window_stats["machine_type"][i].as_py())
+        placed = [where[i] for i in ids]
+        names = [p[0] for p in placed]
+        local = np.fromiter((p[1] for p in placed), dtype=np.int64, count=n)
+        columns = WindowColumns.of(window_stats)
+        out = _Outputs(n)
+        group_names = np.array(names, dtype=object)
+        for name in dict.fromkeys(names):
+            rows = np.flatnonzero(group_names == name) if len(self.groups) > 1 else np.arange(n)
+            group = self.groups[name]
+            # Round r holds each machine's r-th window of this call: within a round every machine appears
+            # at most once, so the vectorized updates apply each machine's windows in order.
+            order = rows[np.lexsort((columns.window_start[rows], local[rows]))]
+            ordered = local[order]
+            first = np.r_[True, ordered[1:] != ordered[:-1]]
+            rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+            for r in range(int(rank.max()) + 1):
+                chosen = order[rank == r]
+                group.step(local[chosen], columns.take(chosen), chosen, out)
+        return self._outputs(window_stats, ids, names, now_ms, out)
 
-        out_score = np.zeros(n)
-        out_threshold = np.full(n, np.nan)
-        out_warming = np.ones(n, dtype=bool)
-        out_anomaly = np.zeros(n, dtype=bool)
-        out_alert = np.zeros(n, dtype=bool)
-        residuals = np.zeros((n, len(FEATURES)))
-        temperature = window_stats["temperature_mean"].to_numpy(zero_copy_only=False).astype(np.float64)
-        for r in range(int(rank.max()) + 1):
-            rows = np.flatnonzero(rank == r)
-            self._score_round(window_stats.take(pa.array(rows)), rows, machines[rows], temperature[rows],
-                              out_score, out_threshold, out_warming, out_anomaly, out_alert, residuals)
-        return self._outputs(window_stats, ids, types, machines, now_ms, out_score, out_threshold, out_warming,
-                             out_anomaly, out_alert, residuals)
+    def _register(self, machine_id: str, machine_type: str) -> None:
+        spec = self.specs.for_type(machine_type)
+        group = self.groups.get(spec.name)
+        if group is None:
+            group = self.groups[spec.name] = _Group(spec)
+        self.where[machine_id] = (spec.name, group.add(machine_id))
 
-    # -- internals ---------------------------------------------------------------------------------
-
-    def _machine(self, machine_id: str, machine_type: str) -> int:
-        index = self.index.get(machine_id)
-        if index is None:
-            index = self.index[machine_id] = len(self.spec_of)
-            spec = self.specs.for_type(machine_type)
-            self.spec_of.append(spec.name)
-            if spec.name not in self.states:
-                self.states[spec.name] = _SpecState(spec)
-            size = len(self.spec_of)
-            self.prev_temperature = np.append(self.prev_temperature, np.nan)
-            self.scorable_seen = np.append(self.scorable_seen, 0)
-            self.anomalous_run = np.append(self.anomalous_run, 0)
-            self.since_alert = np.append(self.since_alert, 10**9)
-            self.running_streak = np.append(self.running_streak, 0)
-            for state in self.states.values():
-                state.grow(size)
-        return index
-
-    def _score_round(self, rows_table, rows, machines, temperature, out_score, out_threshold, out_warming,
-                     out_anomaly, out_alert, residuals) -> None:  # noqa: ANN001 - internal, arrays as documented above
-        x, scorable = window_features(rows_table, self.prev_temperature[machines])
-        # A machine that just started is still warming up and spinning up: its first running windows are
-        # not steady state, so they are neither scored nor learned.
-        self.running_streak[machines] = np.where(scorable, self.running_streak[machines] + 1, 0)
-        settle = np.array([self.states[self.spec_of[m]].spec.settle_windows for m in machines.tolist()])
-        scorable &= self.running_streak[machines] > settle
-        spec_names = np.array([self.spec_of[m] for m in machines.tolist()])
-        for name in np.unique(spec_names).tolist():
-            state = self.states[name]
-            spec = state.spec
-            mine = (spec_names == name) & scorable
-            if not mine.any():
-                continue
-            m, rows_m, x_m = machines[mine], rows[mine], x[mine]
-            score, z = state.score(m, x_m)
-            warming = self.scorable_seen[m] < spec.warmup_windows
-            threshold = state.threshold.threshold(m)
-            anomalous = ~warming & (score > threshold)
-            run = np.where(anomalous, self.anomalous_run[m] + 1, 0)
-            alert = anomalous & (run >= spec.alert_min_windows) & (self.since_alert[m] >= spec.alert_cooldown_windows)
-            learn = ~anomalous | (run >= spec.alert_relearn_after_windows)
-            state.learn(m[learn], x_m[learn])
-            settled = ~warming & ~anomalous
-            state.threshold.update(m[settled], score[settled])
-            self.anomalous_run[m] = run
-            self.since_alert[m] = np.where(alert, 0, self.since_alert[m])
-            self.scorable_seen[m] += 1
-            out_score[rows_m], residuals[rows_m] = score, z
-            out_threshold[rows_m] = np.where(warming, np.nan, threshold)
-            out_warming[rows_m], out_anomaly[rows_m], out_alert[rows_m] = warming, anomalous, alert
-        unscored = machines[~scorable]
-        self.anomalous_run[unscored] = 0  # a stop ends an anomalous run
-        self.since_alert[machines] += 1
-        self.prev_temperature[machines] = temperature
-
-    def _outputs(self, table, ids, types, machines, now_ms, score, threshold, warming, anomaly, alert,
-                 residuals) -> ScoredWindows:  # noqa: ANN001
-        top = np.argsort(-residuals, axis=1)[:, :TOP_FEATURES]
+    def _outputs(self, table: pa.Table, ids: list[str], names: list[str], now_ms: int, out: _Outputs) -> ScoredWindows:
+        n = len(ids)
+        detectors = {name: group.spec.detector for name, group in self.groups.items()}
+        top = np.argsort(-out.contributions, axis=1, kind="stable")[:, :TOP_FEATURES]
+        top_values = np.take_along_axis(out.contributions, top, axis=1)
         top_json = [
-            json.dumps([[FEATURES[f], round(float(residuals[i, f]), 2)] for f in top[i] if residuals[i, f] > 0])
-            if not warming[i] else "[]"
-            for i in range(len(ids))
+            "[" + ", ".join(f'["{FEATURES[f]}", {v:.3g}]' for f, v in zip(fs, vs) if v > 0) + "]"
+            for fs, vs in zip(top.tolist(), top_values.tolist())
         ]
-        spec_names = [self.spec_of[m] for m in machines.tolist()]
-        detectors = [self.states[s].spec.detector for s in spec_names]
+        scored_at = pa.array(np.full(n, now_ms, dtype=np.int64)).cast(pa.timestamp("ms", "UTC"))
         scores = pa.table(
             {
-                "machine_id": ids,
-                "machine_type": types,
+                "machine_id": table["machine_id"],
+                "machine_type": table["machine_type"],
                 "window_start": table["window_start"],
                 "window_end": table["window_end"],
-                "model": spec_names,
-                "detector": detectors,
-                "score": score,
-                "threshold": pa.array(threshold, pa.float64(), from_pandas=True),
-                "warming_up": warming,
-                "is_anomaly": anomaly,
-                "alert_raised": alert,
-                "top_features": top_json,
-                "scored_at": pa.array(np.full(len(ids), now_ms), pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                "model": pa.array(names, pa.string()),
+                "detector": pa.array([detectors[name] for name in names], pa.string()),
+                "score": out.score,
+                "threshold": pa.array(out.threshold, pa.float64(), from_pandas=True),
+                "warming_up": out.warming,
+                "is_anomaly": out.anomaly,
+                "alert_raised": out.alert,
+                "top_features": pa.array(top_json, pa.string()),
+                "scored_at": scored_at,
             },
             schema=ANOMALY_SCORE_ARROW_SCHEMA,
         )
-        raised = np.flatnonzero(alert)
+        raised = np.flatnonzero(out.alert)
         if not len(raised):
             return ScoredWindows(scores, None)
-        rows = scores.take(pa.array(raised)).to_pylist()
         alerts = []
-        for row, i in zip(rows, raised.tolist()):
-            start_ms = int(row["window_start"].timestamp() * 1000)
+        for row, i in zip(scores.take(pa.array(raised)).to_pylist(), raised.tolist()):
             features = json.loads(row["top_features"])
-            leading = features[0][0] if features else "temperature"
+            leading = features[0][0] if features else FEATURES[0]
+            start_ms = int(table["window_start"][i].cast(pa.int64()).as_py())
+            end_ms = int(table["window_end"][i].cast(pa.int64()).as_py())
+            named = ", ".join(f"{name} {value:.1f}" for name, value in features) or "none"
             alerts.append(
                 {
                     "alert_id": f"{row['machine_id']}/anomaly/{start_ms}",
@@ -227,12 +316,11 @@ class FleetModels:
                     "sensor": FEATURE_SENSOR[leading],
                     "window_start": row["window_start"],
                     "window_end": row["window_end"],
-                    "value": float(score[i]),
-                    "threshold": float(threshold[i]),
-                    "duration_s": (row["window_end"] - row["window_start"]).total_seconds(),
-                    "message": f"anomaly score {score[i]:.1f} above {threshold[i]:.1f} ({row['model']}/"
-                    f"{row['detector']}); top features: "
-                    + ", ".join(f"{name} {value:.1f}" for name, value in features),
+                    "value": float(out.score[i]),
+                    "threshold": float(out.threshold[i]),
+                    "duration_s": (end_ms - start_ms) / 1000.0,
+                    "message": f"anomaly score {out.score[i]:.2f} above threshold {out.threshold[i]:.2f} "
+                    f"({row['model']}/{row['detector']}); top features: {named}",
                     "raised_at": row["scored_at"],
                 }
             )

@@ -1,23 +1,37 @@
 """Robust standardized residuals against an exponentially weighted baseline, for many machines at once.
 
-Per machine and feature the detector keeps an EWMA of the level and an EWMA of the absolute deviation
-from it (a robust spread: 1.25 x mean absolute deviation estimates the standard deviation of normal
-noise, and a single outlier moves it far less than a variance). A window's score is the largest
-standardized residual ``|x - level| / max(1.25 * deviation, floor)`` over its features; the per-feature
-residuals say which features drove the score.
+Per machine, operating mode and feature the detector keeps an EWMA of the level and an EWMA of the
+absolute deviation from it (a robust spread: 1.25 x mean absolute deviation estimates the standard
+deviation of normal noise, and a single outlier moves it far less than a variance). A feature's residual
+is ``direction * (x - level) / max(1.25 * deviation, min_deviation)`` kept only where positive (the
+direction in which faults move it; direction 0 scores both ways); a window's score is the largest
+residual, and the residuals are the per-feature contributions that name the "top features". A feature
+contributes once its baseline has learned `min_count` windows.
+
+Features with a natural expected value (a temperature rise of 0 on a steady machine, the spread of a
+window of readings) may have a `prior` level: their baselines start there, with deviation
+`min_deviation / 1.25` and the weight of `prior_windows` windows, so they can score a machine from its
+first window - also one that never ran healthy long enough to learn its own baseline.
 
 The baseline follows slow, healthy changes (load, ambient temperature) with time constant ``1/alpha``
-windows, and the caller decides which windows it learns from (it skips anomalous ones so that a fault
-does not become the new normal).
+windows, its spread with ``1/deviation_alpha`` (slower, so a creeping fault does not widen it as fast
+as it moves); during a baseline's first ``1/alpha`` windows the rate is ``1/n`` (a plain running mean), so a
+new machine is usable after a short warm-up. The caller decides which windows it learns from (it skips
+anomalous ones so that a fault does not become the new normal). NaN features are neither scored nor
+learned. Once a baseline has `min_count` windows its updates are Huber-clipped: a residual counts at
+most `clip` robust scales, so start-up transients and faults too small to alert barely move it.
 
-State is columnar - one row per machine - so scoring and learning a batch of windows is a handful of
-NumPy operations, whatever the fleet size. `learn_one`/`score_one` give River's interface for one machine.
+State is columnar - arrays indexed by (machine, mode, feature) - so scoring and learning a batch of
+windows is a handful of NumPy operations, whatever the fleet size. `learn_one`/`score_one` give River's
+interface for a single stream (one machine, one mode):
 
 >>> detector = RobustZScore(n_features=1, alpha=0.1)
 >>> for x in [10.0, 10.2, 9.8, 10.1, 9.9] * 10:
 ...     detector.learn_one({"f": x})
 >>> detector.score_one({"f": 10.0}) < 3, detector.score_one({"f": 14.0}) > 10
 (True, True)
+>>> detector.score_one({"f": 6.0}) > 10  # direction 0 (the default): both ways count
+True
 """
 
 from __future__ import annotations
@@ -28,68 +42,115 @@ MAD_TO_STD = 1.25
 
 
 class RobustZScore:
-    """EWMA level + EW mean absolute deviation per (machine, feature); score = max robust |z|."""
+    """EWMA level + EW mean absolute deviation per (machine, mode, feature); score = max one-sided robust z."""
 
     name = "robust_zscore"
 
-    def __init__(self, n_features: int, alpha: float = 0.05, min_deviation: np.ndarray | float = 1e-3) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        alpha: float = 0.05,
+        min_deviation: np.ndarray | float = 1e-3,
+        direction: np.ndarray | float = 0.0,
+        n_modes: int = 1,
+        prior: np.ndarray | None = None,
+        prior_windows: int = 10,
+        min_count: int = 1,
+        clip: float = 3.0,
+        deviation_alpha: float | None = None,
+    ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"robust_zscore: alpha must be in (0, 1], got {alpha!r}")
-        self.n_features = n_features
-        self.alpha = alpha
+        if n_features < 1 or n_modes < 1:
+            raise ValueError(f"robust_zscore: need n_features >= 1 and n_modes >= 1, got {n_features!r}, {n_modes!r}")
+        self.n_features, self.n_modes, self.alpha = n_features, n_modes, alpha
         self.min_deviation = np.broadcast_to(np.asarray(min_deviation, dtype=np.float64), (n_features,)).copy()
-        self.level = np.zeros((0, n_features))
-        self.deviation = np.zeros((0, n_features))
-        self.seen = np.zeros(0, dtype=np.int64)
-        self._keys: dict[str, int] = {}  # only for the one-machine River interface
+        if (self.min_deviation <= 0).any():
+            raise ValueError(f"robust_zscore: min_deviation must be > 0, got {self.min_deviation.tolist()}")
+        self.direction = np.broadcast_to(np.asarray(direction, dtype=np.float64), (n_features,)).copy()
+        self.prior = np.full(n_features, np.nan) if prior is None else np.asarray(prior, dtype=np.float64).copy()
+        if self.prior.shape != (n_features,) or prior_windows < 0 or min_count < 1:
+            raise ValueError(f"robust_zscore: need prior of {n_features} levels (NaN: none), prior_windows >= 0, "
+                             f"min_count >= 1; got {self.prior.tolist()}, {prior_windows!r}, {min_count!r}")
+        if not clip > 0:
+            raise ValueError(f"robust_zscore: clip must be > 0, got {clip!r}")
+        self.prior_windows, self.min_count, self.clip = prior_windows, min_count, clip
+        self.deviation_alpha = alpha if deviation_alpha is None else deviation_alpha
+        if not 0 < self.deviation_alpha <= 1:
+            raise ValueError(f"robust_zscore: deviation_alpha must be in (0, 1], got {deviation_alpha!r}")
+        shape = (0, n_modes, n_features)
+        self.level = np.zeros(shape)
+        self.deviation = np.zeros(shape)
+        self.count = np.zeros(shape, dtype=np.int64)
+        self._names: list[str] | None = None  # feature order of the River interface
 
-    def grow(self, n_machines: int) -> None:
-        """Make room for machines up to index `n_machines - 1`."""
-        extra = n_machines - len(self.seen)
-        if extra > 0:
-            self.level = np.vstack((self.level, np.zeros((extra, self.n_features))))
-            self.deviation = np.vstack((self.deviation, np.zeros((extra, self.n_features))))
-            self.seen = np.concatenate((self.seen, np.zeros(extra, dtype=np.int64)))
+    def grow(self, n_machines: int, keys: list[str] | None = None) -> None:
+        """Make room for machines up to index `n_machines - 1` (new ones start unlearned; `keys` unused).
 
-    def residuals(self, machines: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Standardized residuals [rows x features]; 0 for machines never learned."""
-        scale = np.maximum(MAD_TO_STD * self.deviation[machines], self.min_deviation)
-        z = np.abs(x - self.level[machines]) / scale
-        return np.where(self.seen[machines, None] > 0, z, 0.0)
+        Capacity at least doubles, so registering machines one by one costs amortized O(1) each.
+        """
+        if n_machines > len(self.level):
+            extra = max(n_machines, 2 * len(self.level), 16) - len(self.level)
+            shape = (extra, self.n_modes, self.n_features)
+            has_prior = np.broadcast_to(~np.isnan(self.prior), shape)
+            level = np.where(has_prior, np.nan_to_num(self.prior), 0.0)
+            deviation = np.where(has_prior, self.min_deviation / MAD_TO_STD, 0.0)
+            count = np.where(has_prior, self.prior_windows, 0).astype(np.int64)
+            self.level = np.concatenate((self.level, level))
+            self.deviation = np.concatenate((self.deviation, deviation))
+            self.count = np.concatenate((self.count, count))
 
-    def score(self, machines: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(score per row, residuals per row and feature). Each machine at most once in `machines`."""
-        z = self.residuals(machines, x)
-        return (z.max(axis=1) if z.shape[1] else np.zeros(len(machines))), z
+    def score(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(score per row, contribution per row and feature) for rows `x` [rows x features].
 
-    def learn(self, machines: np.ndarray, x: np.ndarray) -> None:
-        """Update the baselines of `machines` (each at most once) with rows `x`."""
-        first = self.seen[machines] == 0
-        level, deviation = self.level[machines], self.deviation[machines]
-        # The first window sets the level; its deviation starts at a tenth of the level's magnitude so
-        # the warm-up does not divide by a zero spread.
-        new_level = np.where(first[:, None], x, level + self.alpha * (x - level))
-        new_deviation = np.where(
-            first[:, None], 0.1 * np.abs(x), deviation + self.alpha * (np.abs(x - level) - deviation)
-        )
-        self.level[machines], self.deviation[machines] = new_level, new_deviation
-        self.seen[machines] += 1
+        A contribution is the feature's one-sided robust z (0 for NaN features and features whose baseline
+        has learned fewer than `min_count` windows).
+        """
+        level, deviation = self.level[machines, modes], self.deviation[machines, modes]
+        scale = np.maximum(MAD_TO_STD * deviation, self.min_deviation)
+        residual = (x - level) / scale
+        z = np.where(self.direction == 0, np.abs(residual), self.direction * residual)
+        known = (self.count[machines, modes] >= self.min_count) & ~np.isnan(x)
+        contributions = np.where(known, np.maximum(z, 0.0), 0.0)
+        return contributions.max(axis=1), contributions
 
-    # -- River's interface, for one machine ------------------------------------------------------
+    def learn(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
+        """Update the baselines of (`machines`, `modes`) - each pair at most once - with rows `x`."""
+        count = self.count[machines, modes]
+        level, deviation = self.level[machines, modes], self.deviation[machines, modes]
+        seen = ~np.isnan(x)
+        residual = np.where(seen, x, level) - level
+        # Huber-style: once a baseline is established, a residual counts at most `clip` scales, so a
+        # start-up transient or an undetected fault moves neither the level nor the spread by much.
+        scale = np.maximum(MAD_TO_STD * deviation, self.min_deviation)
+        limit = np.where(count >= self.min_count, self.clip * scale, np.inf)
+        residual = np.clip(residual, -limit, limit)
+        rate = np.maximum(self.alpha, 1.0 / (count + 1))
+        dev_rate = np.where(count > 0, np.maximum(self.deviation_alpha, 1.0 / np.maximum(count, 1)), 0.0)
+        new_deviation = deviation + dev_rate * (np.abs(residual) - deviation)
+        new_level = level + rate * residual
+        self.level[machines, modes] = np.where(seen, new_level, level)
+        self.deviation[machines, modes] = np.where(seen, new_deviation, deviation)
+        self.count[machines, modes] = count + seen
+
+    # -- River's interface, for a single stream (machine 0, mode 0) --------------------------------
 
     def learn_one(self, x: dict[str, float]) -> None:
-        self._one(x, learn=True)
+        """Learn one observation (a dict of feature values; None or NaN: missing)."""
+        machines, modes, row = self._one(x)
+        self.learn(machines, modes, row)
 
     def score_one(self, x: dict[str, float]) -> float:
-        return self._one(x, learn=False)
+        """The robust score of one observation (0 until something was learned)."""
+        machines, modes, row = self._one(x)
+        return float(self.score(machines, modes, row)[0][0])
 
-    def _one(self, x: dict[str, float], *, learn: bool) -> float:
-        if len(x) != self.n_features:
-            raise ValueError(f"robust_zscore: expected {self.n_features} features, got {len(x)}: {sorted(x)}")
+    def _one(self, x: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._names is None:
+            self._names = list(x)
+        if len(x) != self.n_features or set(x) != set(self._names):
+            raise ValueError(f"robust_zscore.learn_one/score_one: expected features {self._names}, got {sorted(x)}")
         self.grow(1)
-        row = np.array([[float(v) for v in x.values()]])
-        machines = np.zeros(1, dtype=np.int64)
-        if learn:
-            self.learn(machines, row)
-            return 0.0
-        return float(self.score(machines, row)[0][0])
+        row = np.array([[np.nan if x[k] is None else float(x[k]) for k in self._names]])
+        return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), row

@@ -1,34 +1,63 @@
-"""Model specs: which detector, features' noise floors, warm-up, threshold and alerting, per machine type.
+"""Model specs: which detector, feature options, warm-up, threshold and alerting, per machine type.
 
 The spec file (TOML, `MODELS_FILE`; packaged default `plantpulse/config/models.toml`) has a `[default]`
-table and optional tables per machine type that override some of its keys::
+table and optional tables per machine type that override some of its keys; a machine type without a
+table uses `[default]`::
 
     [default]
     detector = "robust_zscore"          # or "half_space_trees"
-    warmup_windows = 30                 # no alert before a machine has this many scorable windows
-    settle_windows = 2                  # after a start, this many running windows are not scored
-    alpha = 0.05                        # baseline adaptation rate (robust_zscore)
+    warmup_windows = 20                 # a machine alerts only after this many scored windows
+    feature_min_windows = 5             # a feature scores once its machine x mode baseline learned this many
+    prior_windows = 10                  # weight of a feature's prior level (see [default.prior])
+    settle_windows = 3                  # after a mode change, this many windows score only settle_features
+    settle_features = ["temperature_rise", "temperature_climb", "pressure_fall"]   # and learn nothing
+    alpha = 0.05                        # baseline adaptation rate per window (robust_zscore)
+    deviation_alpha = 0.02              # adaptation rate of the baseline's spread
+    huber_clip = 3.0                    # a learned residual counts at most this many robust scales
+    thermal_tau_s = 300                 # thermal time constant taken out of temperature_rise
+    exclude_features = []               # features this type does not use
     [default.threshold]
     quantile = 0.99                     # adaptive threshold: margin x this quantile of the machine's scores,
-    margin = 1.5                        # never below floor
-    floor = 8.0
+    margin = 1.5                        # never below floor (in the detector's score units)
+    floor = 7.0
+    rate = 0.02
     [default.alert]
-    min_windows = 2                     # consecutive anomalous windows before an alert
-    cooldown_windows = 30               # no second alert for the same machine within this many windows
-    relearn_after_windows = 90          # a lasting change becomes the new normal after this long
-    [default.min_deviation]             # noise floors of the robust z-score, per feature
-    temperature = 0.3
+    min_windows = 1                     # consecutive anomalous windows before an alert
+    cooldown_windows = 6                # one alert per anomalous episode, and none within this many windows
+    learn_below = 0.6                   # windows scoring above this fraction of the threshold are not learned
+    relearn_after_windows = 90          # ... unless that lasts this long: then it is the new normal
+    [default.min_deviation]             # noise floors of the robust z-score, per feature, in its unit
+    temperature = 0.5
+    [default.prior]                     # expected level of machine-independent features
+    temperature_rise = 0.0
+    [default.hst]                       # half_space_trees only
+    n_trees = 10
+    height = 6
+    window_size = 50
+    margin = 0.5
+    seed = 42
 
     [pump.threshold]
     floor = 9.0
 
 The flow and `plantpulse replay` both read it; `--grid pump.threshold.floor=8,10` overrides keys by their
 dotted names (`ModelSpecs.with_overrides`).
+
+>>> specs = ModelSpecs({"default": {"warmup_windows": 10}, "pump": {"threshold": {"floor": 9.0}}})
+>>> specs.for_type("pump").threshold_floor, specs.for_type("pump").warmup_windows, specs.for_type("cnc").name
+(9.0, 10, 'default')
+>>> specs.with_overrides({"default.alert.min_windows": "3"}).for_type("pump").alert_min_windows
+3
+>>> specs.with_overrides({"pump.colour": "red"})
+Traceback (most recent call last):
+...
+ValueError: model specs <specs> + overrides: [pump] has unknown key 'colour' = 'red'
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -45,44 +74,98 @@ class ModelSpec:
 
     name: str = "default"
     detector: str = "robust_zscore"
-    warmup_windows: int = 30
-    settle_windows: int = 2  # running windows after a start that are neither scored nor learned
+    warmup_windows: int = 20
+    settle_windows: int = 3
     alpha: float = 0.05
+    deviation_alpha: float = 0.02
+    huber_clip: float = 3.0
+    thermal_tau_s: float = 300.0
+    exclude_features: tuple[str, ...] = ()
+    settle_features: tuple[str, ...] = ("temperature_rise", "temperature_climb", "pressure_fall")
     threshold_quantile: float = 0.99
     threshold_margin: float = 1.5
-    threshold_floor: float = 8.0
+    threshold_floor: float = 7.0
     threshold_rate: float = 0.02
-    alert_min_windows: int = 2
+    alert_min_windows: int = 1
     alert_cooldown_windows: int = 30
     alert_relearn_after_windows: int = 90
+    alert_learn_below: float = 0.6
     hst_n_trees: int = 10
-    hst_height: int = 8
+    hst_height: int = 6
     hst_window_size: int = 50
+    hst_margin: float = 0.5
     hst_seed: int = 42
+    feature_min_windows: int = 5
+    prior_windows: int = 10
     min_deviation: dict[str, float] = field(default_factory=dict)
+    prior: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        def bad(key: str, value: Any, need: str) -> ValueError:
+            return ValueError(f"model spec [{self.name}]: {key} = {value!r}: {need}")
+
         if self.detector not in DETECTORS:
-            raise ValueError(f"model spec {self.name!r}: detector {self.detector!r} is not one of {DETECTORS}")
-        if self.warmup_windows < 1 or self.alert_min_windows < 1:
-            raise ValueError(f"model spec {self.name!r}: warmup_windows and alert.min_windows must be >= 1")
-        unknown = set(self.min_deviation) - set(FEATURES)
-        if unknown:
-            raise ValueError(f"model spec {self.name!r}: min_deviation for unknown features {sorted(unknown)}")
+            raise bad("detector", self.detector, f"expected one of {list(DETECTORS)}")
+        for key in ("warmup_windows", "alert_min_windows", "alert_cooldown_windows", "alert_relearn_after_windows",
+                    "hst_n_trees", "hst_height", "hst_window_size", "feature_min_windows"):
+            if getattr(self, key) < 1:
+                raise bad(key.replace("_", ".", 1) if key.startswith(("alert_", "hst_")) else key, getattr(self, key),
+                          "must be >= 1")
+        if self.settle_windows < 0:
+            raise bad("settle_windows", self.settle_windows, "must be >= 0")
+        if not 0 < self.alpha <= 1:
+            raise bad("alpha", self.alpha, "must be in (0, 1]")
+        if not 0 < self.deviation_alpha <= 1:
+            raise bad("deviation_alpha", self.deviation_alpha, "must be in (0, 1]")
+        if not self.huber_clip > 0:
+            raise bad("huber_clip", self.huber_clip, "must be > 0")
+        if not 0 < self.alert_learn_below <= 1:
+            raise bad("alert.learn_below", self.alert_learn_below, "must be in (0, 1]")
+        if not self.thermal_tau_s > 0:
+            raise bad("thermal_tau_s", self.thermal_tau_s, "must be > 0")
+        if not 0 < self.threshold_quantile < 1:
+            raise bad("threshold.quantile", self.threshold_quantile, "must be in (0, 1)")
+        if self.threshold_margin <= 0 or self.threshold_floor < 0 or not 0 < self.threshold_rate < 1:
+            raise bad("threshold", (self.threshold_margin, self.threshold_floor, self.threshold_rate),
+                      "need margin > 0, floor >= 0 and 0 < rate < 1")
+        if self.prior_windows < 0:
+            raise bad("prior_windows", self.prior_windows, "must be >= 0")
+        for name, value in [*((f"min_deviation.{k}", k) for k in self.min_deviation),
+                            *((f"prior.{k}", k) for k in self.prior),
+                            *(("exclude_features", k) for k in self.exclude_features),
+                            *(("settle_features", k) for k in self.settle_features)]:
+            if value not in FEATURES:
+                raise bad(name, value, f"unknown feature; expected one of {list(FEATURES)}")
+        for key, value in self.min_deviation.items():
+            if not value > 0:
+                raise bad(f"min_deviation.{key}", value, "must be > 0")
 
     def min_deviations(self) -> list[float]:
+        """Noise floor per feature, in FEATURES order (1e-3 where unset)."""
         return [self.min_deviation.get(f, 1e-3) for f in FEATURES]
 
+    def priors(self) -> list[float]:
+        """Prior level per feature, in FEATURES order (NaN where unset)."""
+        return [self.prior.get(f, math.nan) for f in FEATURES]
 
-_FIELDS = {f.name: f for f in fields(ModelSpec) if f.name not in ("name", "min_deviation")}
+    def feature_mask(self) -> list[bool]:
+        """Whether each feature (FEATURES order) is used."""
+        return [f not in self.exclude_features for f in FEATURES]
+
+
+_PER_FEATURE = ("min_deviation", "prior")  # sub-tables keyed by feature
+_FIELDS = {f.name: f for f in fields(ModelSpec) if f.name not in ("name", *_PER_FEATURE)}
 
 
 class ModelSpecs:
-    """The specs of a file: `[default]` plus per-machine-type overrides."""
+    """The specs of a file: `[default]` plus per-machine-type overrides of its keys."""
 
     def __init__(self, tables: dict[str, dict[str, Any]], source: str = "<specs>") -> None:
         if "default" not in tables:
-            raise ValueError(f"{source}: needs a [default] table")
+            raise ValueError(f"model specs {source}: needs a [default] table")
+        for name, table in tables.items():
+            if not isinstance(table, dict):
+                raise ValueError(f"model specs {source}: top-level key {name!r} = {table!r} must be a table")
         self.source = source
         self.tables = tables
         self.default = _build("default", tables["default"], ModelSpec(), source)
@@ -93,69 +176,111 @@ class ModelSpecs:
         }
 
     def for_type(self, machine_type: str) -> ModelSpec:
+        """The spec of `machine_type`, or the `[default]` spec when it has no table."""
         return self.by_type.get(machine_type, self.default)
 
     def names(self) -> list[str]:
         return ["default", *sorted(self.by_type)]
 
     def with_overrides(self, overrides: dict[str, str]) -> ModelSpecs:
-        """A copy with dotted keys replaced, e.g. {"default.threshold.floor": "9", "pump.alpha": "0.1"}."""
+        """A copy with dotted keys replaced, e.g. {"default.threshold.floor": "9", "pump.alpha": "0.1"}.
+
+        Values are read as TOML values (numbers, booleans, lists) or else as strings, then converted to the
+        field's type; an unknown key or an unconvertible value raises ValueError naming key and value.
+        """
+        if not overrides:
+            return self
         tables = {name: _nested_copy(table) for name, table in self.tables.items()}
         for key, value in overrides.items():
             section, _, path = key.partition(".")
-            if not path:
-                raise ValueError(f"model override {key}={value!r}: expected <type or default>.<key>")
+            if not section or not path:
+                raise ValueError(f"model override {key}={value!r}: expected <machine type or default>.<key>")
             target = tables.setdefault(section, {})
             *parents, leaf = path.split(".")
             for parent in parents:
                 target = target.setdefault(parent, {})
-            target[leaf] = _parse_value(key, value)
-        return ModelSpecs(tables, f"{self.source} + {overrides}")
+                if not isinstance(target, dict):
+                    raise ValueError(f"model override {key}={value!r}: {parent!r} is not a table")
+            target[leaf] = _parse_value(value)
+        return ModelSpecs(tables, f"{self.source} + overrides")
 
 
 def load_model_specs(path: str | Path) -> ModelSpecs:
-    """Read a spec file; errors name the file, the table and the key."""
+    """Read a spec file; errors name the file, the table, the key and the value."""
     path = Path(path)
     try:
         tables = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"model specs {path}: {exc}") from exc
     return ModelSpecs(tables, str(path))
 
 
 def parse_grid(items: list[str]) -> list[dict[str, str]]:
-    """`["a=1,2", "b=x"]` -> every combination: `[{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]`."""
-    keys, choices = [], []
+    """`["a=1,2", "b=x"]` -> every combination: `[{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]`.
+
+    >>> parse_grid(["a=1,2", "b=x"])
+    [{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}]
+    >>> parse_grid([])
+    [{}]
+    """
+    keys: list[str] = []
+    choices: list[list[str]] = []
     for item in items:
         key, sep, values = item.partition("=")
-        options = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not options:
-            raise ValueError(f"--grid {item!r}: expected key=value1,value2,...")
+        options = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or not all(options):
+            raise ValueError(f"--grid {item!r}: expected key=value1,value2,... with non-empty key and values")
+        if key.strip() in keys:
+            raise ValueError(f"--grid {item!r}: key {key.strip()!r} given twice")
         keys.append(key.strip())
         choices.append(options)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)] if keys else [{}]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*choices)]
 
 
 def _build(name: str, table: dict[str, Any], base: ModelSpec, source: str) -> ModelSpec:
     values: dict[str, Any] = {}
-    min_deviation = dict(base.min_deviation)
+    per_feature = {table_name: dict(getattr(base, table_name)) for table_name in _PER_FEATURE}
     for key, value in _flatten(table):
-        if key.startswith("min_deviation."):
-            min_deviation[key.removeprefix("min_deviation.")] = float(value)
+        table_name, _, feature = key.partition(".")
+        if table_name in per_feature and feature:
+            if feature not in FEATURES:
+                raise ValueError(f"model specs {source}: [{name}] {key} = {value!r}: unknown feature; "
+                                 f"expected one of {list(FEATURES)}")
+            per_feature[table_name][feature] = _convert(source, name, key, value, float)
             continue
         attribute = key.replace(".", "_")
-        spec_field = _FIELDS.get(attribute)
-        if spec_field is None:
-            raise ValueError(f"{source}: [{name}] has unknown key {key!r} = {value!r}")
-        kind = type(getattr(base, attribute))
-        try:
-            values[attribute] = kind(value) if kind is not bool else bool(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: [{name}] {key} = {value!r} is not a {kind.__name__}") from exc
+        if attribute not in _FIELDS:
+            raise ValueError(f"model specs {source}: [{name}] has unknown key {key!r} = {value!r}")
+        values[attribute] = _convert(source, name, key, value, type(getattr(base, attribute)))
     try:
-        return replace(base, name=name, min_deviation=min_deviation, **values)
+        return replace(base, name=name, **per_feature, **values)
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from exc
+        raise ValueError(f"model specs {source}: {exc}") from exc
+
+
+def _convert(source: str, name: str, key: str, value: Any, kind: type) -> Any:
+    """`value` as `kind` (int, float, str, bool or tuple of str), or ValueError naming the key and value."""
+    problem = ValueError(f"model specs {source}: [{name}] {key} = {value!r} is not a {kind.__name__}")
+    if kind is tuple:
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+        if not all(isinstance(v, str) for v in items):
+            raise problem
+        return tuple(v.strip() for v in items)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise problem
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise problem
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise problem
+        return float(value)
+    if not isinstance(value, str):
+        raise problem
+    return value
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -172,9 +297,9 @@ def _nested_copy(table: dict[str, Any]) -> dict[str, Any]:
     return {k: _nested_copy(v) if isinstance(v, dict) else v for k, v in table.items()}
 
 
-def _parse_value(key: str, text: str) -> Any:
-    """A grid/override value as TOML would read it (number, bool or string)."""
+def _parse_value(text: str) -> Any:
+    """An override value as TOML would read it (number, boolean, list), else the text as a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        return text.strip()
