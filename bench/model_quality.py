@@ -40,19 +40,23 @@ FAULT_KINDS = ("bearing_wear", "overheating", "pressure_leak")
 START_TS_MS = 1_764_000_000_437  # 2025-11-24 16:00 UTC, a Monday afternoon (shift changes happen in the runs); off the
 # window grid by 437 ms, like a real clock: readings do not start on window boundaries
 WINDOW_MS = 10_000
+# Faults begin after 10 healthy minutes, as on a working plant where the models are deployed: a machine
+# whose very first windows are faulty has no healthy baseline to compare with (its events are counted as
+# in warm-up anyway, and what it learned would otherwise mask its next events).
+FAULTS_AFTER_S = 600.0
 _STATUS_NAMES = pa.array(STATUSES, pa.string())
 
 
 def window_stats(kind: str, seed: int, machines: int, hours: float) -> tuple[pa.Table, pa.Table]:
     """(window stats, labels) of a simulated stream, cached. `kind` is a fault kind or "none"."""
-    stem = CACHE / f"{kind}-{machines}m-{hours:g}h-s{seed}"
+    stem = CACHE / f"{kind}-{machines}m-{hours:g}h-s{seed}-after{FAULTS_AFTER_S:g}s"
     stats_path, labels_path = stem.with_suffix(".windows.parquet"), stem.with_suffix(".labels.parquet")
     if stats_path.exists() and labels_path.exists():
         return pq.read_table(stats_path), pq.read_table(labels_path)
     fleet = build_fleet(machines, seed)
     simulator = Simulator(
         fleet, seed=seed, faults=kind, fault_rate=0.0 if kind == "none" else 0.5, imperfections={},
-        start_ts_ms=START_TS_MS + seed * 3_600_000,
+        start_ts_ms=START_TS_MS + seed * 3_600_000, faults_after_s=0.0 if kind == "none" else FAULTS_AFTER_S,
     )
     run = simulator.run(int(hours * 3600))
     windows = ShardWindows(WindowConfig(window_ms=WINDOW_MS), [], {m.machine_id: m.machine_type for m in fleet})

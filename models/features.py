@@ -4,21 +4,26 @@ A model sees one feature vector per machine and window - never raw readings - so
 the reading rate grows. The features describe a machine's operating point in ways that stay steady on a
 healthy machine and move under the faults that matter:
 
-=========================  ==========================================================  =====  ======
-feature                    definition                                                  bad    modes
-=========================  ==========================================================  =====  ======
-``temperature``            mean temperature (degC)                                     high   R
-``temperature_rise``       mean temperature minus the previous window's, minus the      high   R I
-                           warm-up the thermal lag explains (degC/window, see below)
-``temperature_climb``      last temperature minus the mean, minus the same thermal lag  high   R I
-                           over half a window (degC): a rise inside the window
-``log_pressure``           ln mean pressure                                            low    R I S
-``log_pressure_min``       ln lowest pressure in the window                            low    R I S
-``pressure_fall``          (mean - last) / mean pressure: a fall inside the window     high   R I
-``log_vibration``          ln mean vibration                                           high   R I S
-``log_vibration_per_krpm`` ln (mean vibration per 1,000 rpm)                            high   R I
-``log_power_per_krpm``     ln (mean power per 1,000 rpm)                                high   R I
-=========================  ==========================================================  =====  ======
+============================  =======================================================  =====  ======
+feature                       definition                                               bad    modes
+============================  =======================================================  =====  ======
+``temperature``               mean temperature (degC)                                  high   R
+``temperature_rise``          mean temperature minus the previous window's, minus the   high   R I
+                              warm-up the thermal lag explains (degC/window, see below)
+``temperature_climb``         last temperature minus the mean, minus the same thermal   high   R I
+                              lag over half a window (degC): a rise inside the window
+``log_pressure_residual``     ln mean pressure, less what the operating point predicts  low    R I S
+``log_pressure_min_residual`` ln lowest pressure, less what the operating point         low    R I S
+                              predicts
+``pressure_fall``             (mean - last) / mean pressure: a fall inside the window   high   R I
+``log_vibration_residual``    ln mean vibration, less what the operating point predicts high   R I S
+``log_power_residual``        ln mean power, less what the speed predicts               high   R I
+============================  =======================================================  =====  ======
+
+The *operating point* is (ln mean speed in 1,000 rpm, ln mean power): each ``*_residual`` feature is what
+is left of its reading after a per-machine regression on them (`models.operating_point`, kept by the
+caller). Load swings move vibration, pressure and power together; a fault moves one of them at the same
+operating point.
 
 Logarithms make multiplicative changes (a worn bearing multiplies vibration, a leak divides pressure)
 equally visible on a loud running machine and on the faint background vibration of a stopped one.
@@ -30,12 +35,12 @@ as causes.
 **Modes.** A window's operating mode is ``running`` (R), ``idle`` (I) or ``standstill`` (S: stopped,
 maintenance or fault) when the machine held that status for all of the window's observed time, from its first
 reading to its end (`MIN_MODE_FRACTION`; readings rarely start on the boundary), and that time covers most
-of the window (`MIN_OBSERVED_FRACTION`); otherwise (a start, a stop) it is ``transition`` and not scored: a machine spinning up or down is not
-anomalous. Each mode has its own baseline per machine (an idle pump is quieter than a running one, and a
+of the window (`MIN_OBSERVED_FRACTION`); otherwise (a start, a stop) it is ``transition`` and not
+scored: a machine spinning up or down is not anomalous. Each mode has its own baseline per machine (an idle pump is quieter than a running one, and a
 worn bearing still shows at standstill, on the background vibration), and uses only the features that
 are meaningful in it (the *modes* column): a stopped machine cools down, so its temperature says nothing.
 
-**Missing values.** A null statistic (a sensor that dropped out) or a ratio over a standing spindle
+**Missing values.** A null statistic (a sensor that dropped out) or the speed of a standing spindle
 (below 50 rpm) is NaN: that feature is neither scored nor learned for the window, the others are.
 
 **Thermal lag.** After a start a machine warms up towards its normal running temperature with time
@@ -51,8 +56,8 @@ cold start does not look like overheating.
 ...            window_start=0, window_end=10_000, temperature_mean=60.0, pressure_mean=5.0,
 ...            pressure_min=4.9, vibration_mean=2.0, vibration_std=0.1, rpm_mean=2000.0, power_mean=30.0)
 >>> columns = WindowColumns.of(pa.Table.from_pylist([row], schema=WINDOW_STATS_ARROW_SCHEMA))
->>> MODES[int(columns.mode[0])], float(np.exp(columns.base[0, FEATURES.index("log_vibration_per_krpm")]))
-('running', 1.0)
+>>> MODES[int(columns.mode[0])], np.exp(columns.operating_point[0]).round(1).tolist()
+('running', [2.0, 30.0])
 """
 
 from __future__ import annotations
@@ -68,36 +73,39 @@ FEATURES: tuple[str, ...] = (
     "temperature",
     "temperature_rise",
     "temperature_climb",
-    "log_pressure",
-    "log_pressure_min",
+    "log_pressure_residual",
+    "log_pressure_min_residual",
     "pressure_fall",
-    "log_vibration",
-    "log_vibration_per_krpm",
-    "log_power_per_krpm",
+    "log_vibration_residual",
+    "log_power_residual",
 )
 TEMPERATURE, RISE, CLIMB = 0, 1, 2
+# Residual features (columns of FEATURES) and the operating-point regressors each is regressed on
+# (columns of REGRESSORS): power is predicted from the speed alone.
+REGRESSORS: tuple[str, ...] = ("log_krpm", "log_power")
+RESIDUAL_FEATURES = np.array([3, 4, 6, 7])
+RESIDUAL_REGRESSORS = [[True, True], [True, True], [True, True], [True, False]]
 # The sensor each feature belongs to (an alert names the sensor of its top feature).
 FEATURE_SENSOR: dict[str, str] = {
     "temperature": "temperature",
     "temperature_rise": "temperature",
     "temperature_climb": "temperature",
-    "log_pressure": "pressure",
-    "log_pressure_min": "pressure",
+    "log_pressure_residual": "pressure",
+    "log_pressure_min_residual": "pressure",
     "pressure_fall": "pressure",
-    "log_vibration": "vibration",
-    "log_vibration_per_krpm": "vibration",
-    "log_power_per_krpm": "power",
+    "log_vibration_residual": "vibration",
+    "log_power_residual": "power",
 }
 # +1: a fault makes the feature higher; -1: lower.
-DIRECTION = np.array([1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+DIRECTION = np.array([1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
 MODES: tuple[str, ...] = ("running", "idle", "standstill")
 RUNNING, IDLE, STANDSTILL, TRANSITION = 0, 1, 2, -1
 # Which features each mode scores (rows: MODES, columns: FEATURES).
 MODE_FEATURES = np.array(
     [
-        [1, 1, 1, 1, 1, 1, 1, 1, 1],  # running
-        [0, 1, 1, 1, 1, 1, 1, 1, 1],  # idle
-        [0, 0, 0, 1, 1, 0, 1, 0, 0],  # standstill
+        [1, 1, 1, 1, 1, 1, 1, 1],  # running
+        [0, 1, 1, 1, 1, 1, 1, 1],  # idle
+        [0, 0, 0, 1, 1, 0, 1, 0],  # standstill
     ],
     dtype=bool,
 )
@@ -106,7 +114,7 @@ MIN_MODE_FRACTION = 0.999  # a status held for all of the observed time (a 1 s b
 # the first reading to the window's end. A window observed for less than this share of its length (a machine
 # that came online mid-window, a long sensor gap) is not scored.
 MIN_OBSERVED_FRACTION = 0.6
-_MIN_KRPM = 0.05  # below 50 rpm a per-rpm ratio says nothing
+_MIN_KRPM = 0.05  # below 50 rpm the speed says nothing (a spindle standing still): NaN
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -127,14 +135,16 @@ class WindowColumns:
     """The columns of a window-stats table that the models use, as NumPy arrays (one row per window).
 
     `base` holds every feature except `temperature_rise` (NaN there: it needs the machine's history, see
-    `rise`), already masked by the row's mode (unused features are NaN; transition rows are all NaN).
+    `temperature_rise`) and the residual features' raw logs (the caller subtracts its regression's
+    prediction from the `operating_point`), already masked by the row's mode (unused features are NaN; transition rows are all NaN).
     """
 
     window_start: np.ndarray  # epoch ms
     window_end: np.ndarray
     mode: np.ndarray  # index into MODES, or TRANSITION
     temperature: np.ndarray  # mean temperature (NaN if unknown), also kept for the next window's rise
-    base: np.ndarray  # [rows x FEATURES]
+    base: np.ndarray  # [rows x FEATURES]; residual features still hold the raw logs
+    operating_point: np.ndarray  # [rows x REGRESSORS]
 
     @classmethod
     def of(cls, table: pa.Table) -> WindowColumns:
@@ -158,8 +168,8 @@ class WindowColumns:
         safe_krpm = np.where(krpm >= _MIN_KRPM, krpm, np.nan)
         pressure = _column(table, "pressure_mean")
         with np.errstate(invalid="ignore", divide="ignore"):
-            log_vibration = _log(_column(table, "vibration_mean"))
             log_krpm = np.log(safe_krpm)
+            log_power = np.log(np.where(_column(table, "power_mean") > 0, _column(table, "power_mean"), np.nan))
             base = np.column_stack(
                 [
                     temperature,
@@ -168,20 +178,20 @@ class WindowColumns:
                     _log(pressure),
                     _log(_column(table, "pressure_min")),
                     (pressure - _column(table, "pressure_last")) / np.where(pressure > 0, pressure, np.nan),
-                    log_vibration,
-                    log_vibration - log_krpm,
-                    _log(_column(table, "power_mean")) - log_krpm,
+                    _log(_column(table, "vibration_mean")),
+                    _log(_column(table, "power_mean")),
                 ]
             )
         usable = np.zeros(base.shape, dtype=bool)
         scored = mode != TRANSITION
         usable[scored] = MODE_FEATURES[mode[scored]]
         base[~usable] = np.nan
-        return cls(start, end, mode, temperature, base)
+        return cls(start, end, mode, temperature, base, np.column_stack([log_krpm, log_power]))
 
     def take(self, rows: np.ndarray) -> WindowColumns:
         return WindowColumns(
-            self.window_start[rows], self.window_end[rows], self.mode[rows], self.temperature[rows], self.base[rows]
+            self.window_start[rows], self.window_end[rows], self.mode[rows], self.temperature[rows], self.base[rows],
+            self.operating_point[rows],
         )
 
 

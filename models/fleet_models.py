@@ -8,7 +8,8 @@ each machine's windows must come in window order (the flow emits them so). A mac
 only on its own windows, so how machines are spread over shards, workers or calls does not matter, and
 the whole object pickles into a Bytewax snapshot and continues exactly where it stopped.
 
-Per window (features: see `models.features`):
+Per window (features: see `models.features`; the operating-point regressions behind the `*_residual`
+features: `models.operating_point`, learned from the same windows as the detector):
 
 1. A transition window (start, stop) is not scored: score 0, never anomalous. In the first
    `settle_windows` windows of a new mode only `settle_features` (those that a start or stop does not
@@ -41,14 +42,18 @@ from models.features import (
     FEATURES,
     MODE_FEATURES,
     MODES,
+    RESIDUAL_FEATURES,
+    RESIDUAL_REGRESSORS,
     RISE,
     RUNNING,
+    STANDSTILL,
     CLIMB,
     TRANSITION,
     WindowColumns,
     temperature_rise,
 )
 from models.half_space_trees import HalfSpaceTreesFleet
+from models.operating_point import OperatingPointRegression
 from models.robust_zscore import RobustZScore
 from models.spec import ModelSpec, ModelSpecs
 from models.threshold import AdaptiveThreshold
@@ -87,6 +92,7 @@ class _Group:
                 len(FEATURES), alpha=spec.alpha, min_deviation=np.array(spec.min_deviations()), direction=DIRECTION,
                 n_modes=_N_MODES, prior=np.array(spec.priors()), prior_windows=spec.prior_windows,
                 min_count=spec.feature_min_windows, clip=spec.huber_clip, deviation_alpha=spec.deviation_alpha,
+                weight=np.array(spec.weights()),
             )
         else:
             self.detector = HalfSpaceTreesFleet(
@@ -96,6 +102,10 @@ class _Group:
             )
         self.threshold = AdaptiveThreshold(
             spec.threshold_quantile, spec.threshold_margin, spec.threshold_floor, spec.threshold_rate, _N_MODES
+        )
+        self.operating_point = OperatingPointRegression(
+            len(RESIDUAL_FEATURES), RESIDUAL_REGRESSORS, n_modes=_N_MODES, alpha=spec.regression_alpha,
+            min_windows=spec.regression_min_windows, ridge=spec.regression_ridge,
         )
         self.excluded = ~np.array(spec.feature_mask())
         self.unsettled = np.array([f not in spec.settle_features for f in FEATURES])
@@ -129,6 +139,7 @@ class _Group:
             self.episode_alerted = np.concatenate((self.episode_alerted, np.zeros(extra, dtype=bool)))
             self.unlearned_run = np.concatenate((self.unlearned_run, np.zeros(extra, dtype=np.int64)))
             self.threshold.grow(size)
+            self.operating_point.grow(size)
         self.detector.grow(len(self.ids), self.ids)
         return local
 
@@ -140,6 +151,13 @@ class _Group:
         safe_mode = np.where(valid, mode, 0)
         adjacent = self.prev_end[m] == c.window_start
         x = c.base.copy()
+        raw_residual_features = c.base[:, RESIDUAL_FEATURES]
+        # At standstill nothing turns: the operating point explains nothing, the raw logs are scored.
+        regressed = valid & (mode != STANDSTILL)
+        if regressed.any():
+            v = np.flatnonzero(regressed)
+            x[np.ix_(v, RESIDUAL_FEATURES)] = self.operating_point.residuals(
+                m[v], mode[v], raw_residual_features[v], c.operating_point[v])
         with np.errstate(invalid="ignore"):
             rise = temperature_rise(
                 c.temperature, self.prev_temperature[m], self.reference[m, safe_mode],
@@ -181,6 +199,8 @@ class _Group:
             self.unlearned_run[ms] = held_run
             learn = (~held | (held_run >= spec.alert_relearn_after_windows)) & ~settling[s]
             self.detector.learn(ms[learn], modes[learn], xs[learn])
+            fit = learn & (modes != STANDSTILL)
+            self.operating_point.learn(ms[fit], modes[fit], raw_residual_features[s][fit], c.operating_point[s][fit])
             self._learn_reference(ms[learn], modes[learn], c.temperature[s][learn])
             self.learned[ms[learn], modes[learn]] += 1
             self.scored[ms] += 1

@@ -4,9 +4,10 @@ Per machine, operating mode and feature the detector keeps an EWMA of the level 
 absolute deviation from it (a robust spread: 1.25 x mean absolute deviation estimates the standard
 deviation of normal noise, and a single outlier moves it far less than a variance). A feature's residual
 is ``direction * (x - level) / max(1.25 * deviation, min_deviation)`` kept only where positive (the
-direction in which faults move it; direction 0 scores both ways); a window's score is the largest
-residual, and the residuals are the per-feature contributions that name the "top features". A feature
-contributes once its baseline has learned `min_count` windows.
+direction in which faults move it; direction 0 scores both ways), times the feature's `weight` (a
+feature whose healthy tail is lighter than the others' may alert at a lower z); a window's score is the
+largest weighted residual, and the weighted residuals are the per-feature contributions that name the
+"top features". A feature contributes once its baseline has learned `min_count` windows.
 
 Features with a natural expected value (a temperature rise of 0 on a steady machine, the spread of a
 window of readings) may have a `prior` level: their baselines start there, with deviation
@@ -59,6 +60,7 @@ class RobustZScore:
         min_count: int = 1,
         clip: float = 3.0,
         deviation_alpha: float | None = None,
+        weight: np.ndarray | float = 1.0,
     ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"robust_zscore: alpha must be in (0, 1], got {alpha!r}")
@@ -69,6 +71,9 @@ class RobustZScore:
         if (self.min_deviation <= 0).any():
             raise ValueError(f"robust_zscore: min_deviation must be > 0, got {self.min_deviation.tolist()}")
         self.direction = np.broadcast_to(np.asarray(direction, dtype=np.float64), (n_features,)).copy()
+        self.weight = np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_features,)).copy()
+        if (self.weight <= 0).any():
+            raise ValueError(f"robust_zscore: weight must be > 0, got {self.weight.tolist()}")
         self.prior = np.full(n_features, np.nan) if prior is None else np.asarray(prior, dtype=np.float64).copy()
         if self.prior.shape != (n_features,) or prior_windows < 0 or min_count < 1:
             raise ValueError(f"robust_zscore: need prior of {n_features} levels (NaN: none), prior_windows >= 0, "
@@ -104,15 +109,15 @@ class RobustZScore:
     def score(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score per row, contribution per row and feature) for rows `x` [rows x features].
 
-        A contribution is the feature's one-sided robust z (0 for NaN features and features whose baseline
-        has learned fewer than `min_count` windows).
+        A contribution is the feature's one-sided robust z times its `weight` (0 for NaN features and
+        features whose baseline has learned fewer than `min_count` windows).
         """
         level, deviation = self.level[machines, modes], self.deviation[machines, modes]
         scale = np.maximum(MAD_TO_STD * deviation, self.min_deviation)
         residual = (x - level) / scale
         z = np.where(self.direction == 0, np.abs(residual), self.direction * residual)
         known = (self.count[machines, modes] >= self.min_count) & ~np.isnan(x)
-        contributions = np.where(known, np.maximum(z, 0.0), 0.0)
+        contributions = np.where(known, self.weight * np.maximum(z, 0.0), 0.0)
         return contributions.max(axis=1), contributions
 
     def learn(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:

@@ -26,10 +26,16 @@ table uses `[default]`::
     cooldown_windows = 6                # one alert per anomalous episode, and none within this many windows
     learn_below = 0.6                   # windows scoring above this fraction of the threshold are not learned
     relearn_after_windows = 90          # ... unless that lasts this long: then it is the new normal
+    [default.regression]                # operating-point regressions of the *_residual features
+    alpha = 0.01                        # their forgetting rate per window
+    min_windows = 10                    # slopes used once a machine x mode has learned this many windows
+    ridge = 0.01                        # ridge penalty, as a fraction of each regressor's variance
     [default.min_deviation]             # noise floors of the robust z-score, per feature, in its unit
     temperature = 0.5
     [default.prior]                     # expected level of machine-independent features
     temperature_rise = 0.0
+    [default.weight]                    # robust_zscore: a feature's z-score counts this many times
+    log_vibration_residual = 1.5        # (a steadier feature may alert at a lower z)
     [default.hst]                       # half_space_trees only
     n_trees = 10
     height = 6
@@ -97,8 +103,12 @@ class ModelSpec:
     hst_seed: int = 42
     feature_min_windows: int = 5
     prior_windows: int = 10
+    regression_alpha: float = 0.01
+    regression_min_windows: int = 10
+    regression_ridge: float = 0.01
     min_deviation: dict[str, float] = field(default_factory=dict)
     prior: dict[str, float] = field(default_factory=dict)
+    weight: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, need: str) -> ValueError:
@@ -128,21 +138,32 @@ class ModelSpec:
         if self.threshold_margin <= 0 or self.threshold_floor < 0 or not 0 < self.threshold_rate < 1:
             raise bad("threshold", (self.threshold_margin, self.threshold_floor, self.threshold_rate),
                       "need margin > 0, floor >= 0 and 0 < rate < 1")
+        if not 0 < self.regression_alpha <= 1:
+            raise bad("regression.alpha", self.regression_alpha, "must be in (0, 1]")
+        if self.regression_min_windows < 1 or self.regression_ridge < 0:
+            raise bad("regression", (self.regression_min_windows, self.regression_ridge),
+                      "need min_windows >= 1 and ridge >= 0")
         if self.prior_windows < 0:
             raise bad("prior_windows", self.prior_windows, "must be >= 0")
         for name, value in [*((f"min_deviation.{k}", k) for k in self.min_deviation),
                             *((f"prior.{k}", k) for k in self.prior),
+                            *((f"weight.{k}", k) for k in self.weight),
                             *(("exclude_features", k) for k in self.exclude_features),
                             *(("settle_features", k) for k in self.settle_features)]:
             if value not in FEATURES:
                 raise bad(name, value, f"unknown feature; expected one of {list(FEATURES)}")
-        for key, value in self.min_deviation.items():
-            if not value > 0:
-                raise bad(f"min_deviation.{key}", value, "must be > 0")
+        for table, values in (("min_deviation", self.min_deviation), ("weight", self.weight)):
+            for key, value in values.items():
+                if not value > 0:
+                    raise bad(f"{table}.{key}", value, "must be > 0")
 
     def min_deviations(self) -> list[float]:
         """Noise floor per feature, in FEATURES order (1e-3 where unset)."""
         return [self.min_deviation.get(f, 1e-3) for f in FEATURES]
+
+    def weights(self) -> list[float]:
+        """Score weight per feature, in FEATURES order (1 where unset)."""
+        return [self.weight.get(f, 1.0) for f in FEATURES]
 
     def priors(self) -> list[float]:
         """Prior level per feature, in FEATURES order (NaN where unset)."""
@@ -153,7 +174,7 @@ class ModelSpec:
         return [f not in self.exclude_features for f in FEATURES]
 
 
-_PER_FEATURE = ("min_deviation", "prior")  # sub-tables keyed by feature
+_PER_FEATURE = ("min_deviation", "prior", "weight")  # sub-tables keyed by feature
 _FIELDS = {f.name: f for f in fields(ModelSpec) if f.name not in ("name", *_PER_FEATURE)}
 
 

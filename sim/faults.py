@@ -2,7 +2,8 @@
 
 A fraction `fault_rate` of the fleet is affected; each affected machine has one fault kind (a worn
 bearing stays a worn bearing) which recurs after a random healthy gap, so streams of any length see
-faults: the first onset falls within the first 45 s of event time. Every occurrence is an *event* with
+faults: the first onset falls within the first 45 s of event time (after `faults_after_s`, default 0: a
+healthy start lets models learn their baselines first, as a deployment on a working plant does). Every occurrence is an *event* with
 a label (machine, fault, start/end tick, detail) and, for the critical kinds, the first and last tick
 at which the critical threshold was actually breached.
 
@@ -14,6 +15,7 @@ vibration below 45 mm/s.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -93,16 +95,20 @@ class FaultInjector:
         rng: np.random.Generator,
         interval_ms: float,
         model: SignalModel,
+        faults_after_s: float = 0.0,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be within [0, 1], got {fault_rate}")
+        if not (faults_after_s >= 0 and math.isfinite(faults_after_s)):
+            raise ValueError(f"faults_after_s must be a finite number >= 0, got {faults_after_s}")
         self.rng, self.model, self.dt = rng, model, interval_ms / 1000.0
         codes = [FAULT_KINDS.index(kind) for kind in kinds]
         machines, kind_of = _assign(fleet, codes, fault_rate, rng)
         a = len(machines)
         self.machine = machines
         self.kind = kind_of
-        self.next_start = np.floor(rng.uniform(*_FIRST_ONSET_S, size=a) / self.dt).astype(np.int64)
+        first_onset_s = faults_after_s + rng.uniform(*_FIRST_ONSET_S, size=a)
+        self.next_start = np.floor(first_onset_s / self.dt).astype(np.int64)
         self.active = np.zeros(a, dtype=bool)
         self.start = np.zeros(a, dtype=np.int64)
         self.end = np.zeros(a, dtype=np.int64)  # last tick of the event, inclusive

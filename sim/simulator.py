@@ -138,6 +138,7 @@ class Simulator:
     `faults`: "all", "none", a comma list or an iterable of FAULT_KINDS. `fault_rate`: fraction of machines
     affected. `imperfections`: rates per IMPERFECTION_KINDS (see `sim.imperfections`). `start_ts_ms`: event
     time of tick 0 (may be None when `produce`/`record_only` chooses it). `interval_ms`: event time per tick.
+    `faults_after_s`: seconds of healthy operation before the first fault onsets (default 0).
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class Simulator:
         imperfections: Mapping[str, float] | None = None,
         start_ts_ms: int | None = None,
         interval_ms: float = 1000,
+        faults_after_s: float = 0.0,
     ) -> None:
         if not fleet:
             raise ValueError("fleet is empty: the simulator needs at least one machine")
@@ -163,6 +165,9 @@ class Simulator:
         self.imperfections = validate_imperfections(imperfections)
         self.start_ts_ms = None if start_ts_ms is None else int(start_ts_ms)
         self.interval_ms = float(interval_ms)
+        if not (faults_after_s >= 0 and math.isfinite(faults_after_s)):
+            raise ValueError(f"faults_after_s must be a finite number >= 0, got {faults_after_s}")
+        self.faults_after_s = float(faults_after_s)
         self.machine_ids = [m.machine_id for m in self.fleet]
         # Fails early on an impossible combination (e.g. out_of_order with ticks longer than 1 s).
         self.skew_ms = self._imperfector().skew_ms
@@ -184,6 +189,7 @@ class Simulator:
             self.imperfections,
             self.start_ts_ms if start_ts_ms is None else start_ts_ms,
             self.interval_ms if interval_ms is None else interval_ms,
+            self.faults_after_s,
         )
 
     def run(self, n_ticks: int | None = None) -> SimulationRun:
@@ -215,7 +221,8 @@ class SimulationRun:
         self.start_ts_ms, self.interval_ms = simulator.start_ts_ms, simulator.interval_ms
         self.model = SignalModel(fleet, np.random.default_rng(seeds[0]), self.interval_ms, self.start_ts_ms)
         self.injector = FaultInjector(
-            fleet, simulator.faults, simulator.fault_rate, np.random.default_rng(seeds[1]), self.interval_ms, self.model
+            fleet, simulator.faults, simulator.fault_rate, np.random.default_rng(seeds[1]), self.interval_ms, self.model,
+            simulator.faults_after_s,
         )
         self.imperfector = simulator._imperfector()
         self.malformed_rng = np.random.default_rng(seeds[3])

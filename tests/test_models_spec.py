@@ -20,13 +20,13 @@ def test_packaged_file_loads_with_default_and_fallback() -> None:
 def test_type_tables_override_default_keys_only(tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
     path.write_text(
-        '[default]\nwarmup_windows = 12\n[default.threshold]\nfloor = 6.0\n[default.min_deviation]\nlog_vibration = 0.02\n'
+        '[default]\nwarmup_windows = 12\n[default.threshold]\nfloor = 6.0\n[default.min_deviation]\nlog_vibration_residual = 0.02\n'
         '[pump]\ndetector = "half_space_trees"\n[pump.threshold]\nfloor = 0.8\n'
     )
     specs = load_model_specs(path)
     pump, cnc = specs.for_type("pump"), specs.for_type("cnc")
     assert (pump.name, pump.detector, pump.threshold_floor, pump.warmup_windows) == ("pump", "half_space_trees", 0.8, 12)
-    assert pump.min_deviation == {"log_vibration": 0.02}, "per-feature tables are inherited"
+    assert pump.min_deviation == {"log_vibration_residual": 0.02}, "per-feature tables are inherited"
     assert (cnc.name, cnc.threshold_floor) == ("default", 6.0)
     assert specs.names() == ["default", "pump"]
 
@@ -35,13 +35,13 @@ def test_overrides_parse_to_the_field_type() -> None:
     specs = ModelSpecs({"default": {}})
     changed = specs.with_overrides({
         "default.threshold.quantile": "0.95", "pump.warmup_windows": "7", "cnc.detector": "half_space_trees",
-        "default.min_deviation.temperature": "0.7", "default.exclude_features": '["log_power_per_krpm"]',
+        "default.min_deviation.temperature": "0.7", "default.exclude_features": '["log_power_residual"]',
     })
     assert changed.for_type("conveyor").threshold_quantile == 0.95
     assert changed.for_type("pump").warmup_windows == 7 and changed.for_type("pump").threshold_quantile == 0.95
     assert changed.for_type("cnc").detector == "half_space_trees"
     assert changed.default.min_deviation["temperature"] == 0.7
-    assert changed.default.exclude_features == ("log_power_per_krpm",)
+    assert changed.default.exclude_features == ("log_power_residual",)
     assert specs.default.threshold_quantile == 0.99, "the original is unchanged"
 
 
