@@ -76,24 +76,36 @@ def sim(
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same stream."),
     faults: str = typer.Option("all", help="Comma-separated fault kinds, 'all' or 'none'."),
     fault_rate: float = typer.Option(0.05, min=0, max=1, help="Fraction of machines given a fault."),
+    faults_after: float = typer.Option(0.0, min=0, help="Seconds of healthy operation before the first fault."),
     imperfections: str = typer.Option("", help="e.g. 'duplicates=0.01,late=0.001,malformed=0.001'."),
     record: Optional[Path] = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
+    record_only: bool = typer.Option(False, "--record-only", help="Only write --record (no Kafka), as fast as possible."),
 ) -> None:
     """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
     from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, write_fleet_csv
+    from sim import record_only as write_recording
 
-    if (rate is None) == (not as_fast_as_possible):
+    if record_only:
+        if record is None or rate is not None:
+            _fail("--record-only needs --record PATH and no --rate (it writes as fast as possible)")
+    elif (rate is None) == (not as_fast_as_possible):
         _fail("give exactly one of --rate R or --as-fast-as-possible")
     if (duration is None) == (count is None):
         _fail("give exactly one of --duration S or --count C")
     settings = _settings()
     _logging(settings)
-    _require_kafka(settings)
+    if not record_only:
+        _require_kafka(settings)
     try:
         fleet = build_fleet(machines, seed)
         simulator = Simulator(
-            fleet, seed=seed, faults=faults, fault_rate=fault_rate, imperfections=parse_imperfections(imperfections)
+            fleet, seed=seed, faults=faults, fault_rate=fault_rate, imperfections=parse_imperfections(imperfections),
+            faults_after_s=faults_after,
         )
+        if record_only:
+            summary = write_recording(simulator, count=count, duration_s=duration, path=record)
+            typer.echo(f"recorded {summary.readings:,} readings to {summary.record_path}; faults {summary.fault_events}")
+            return
         if settings.machines_file is not None and not Path(settings.machines_file).exists():
             write_fleet_csv(Path(settings.machines_file), fleet)  # the flow reads machine types from it
         summary = produce(settings, simulator, rate=rate, duration_s=duration, count=count, record_path=record)

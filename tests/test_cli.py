@@ -82,3 +82,25 @@ def test_bad_arguments_and_unreachable_services_exit_with_one_line() -> None:
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("plantpulse: ")
+
+
+def test_sim_record_only_needs_no_kafka_and_keeps_the_first_minutes_healthy(tmp_path: Path) -> None:
+    """`--record-only` writes a labelled recording with Kafka unreachable; `--faults-after` delays every
+    fault onset (checked on the labels against the recording's own first timestamps)."""
+    import pyarrow.parquet as pq
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "DATA_DIR": str(tmp_path)}
+    path = tmp_path / "run.parquet"
+    args = ["sim", "--machines", "40", "--duration", "900", "--seed", "3", "--faults", "overheating,bearing_wear",
+            "--fault-rate", "0.5", "--faults-after", "300", "--record-only", "--record", str(path)]
+    done = subprocess.run(PLANTPULSE + args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    readings = pq.read_table(path, columns=["machine_id", "ts"]).to_pandas()
+    labels = pq.read_table(path.with_suffix(".labels.parquet")).to_pandas()
+    assert len(readings) == 40 * 900 and len(labels) > 0
+    first_ts = int(readings["ts"].min())
+    assert (labels["start_ts"] >= first_ts + 300_000).all(), labels["start_ts"].min() - first_ts
+    assert (labels["start_ts"] < first_ts + 345_000).any(), "the first onsets follow within 45 s"
+    bad = subprocess.run(PLANTPULSE + ["sim", "--count", "5", "--record-only"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("plantpulse: --record-only needs --record")
