@@ -23,7 +23,7 @@ feature                       definition                                        
 The *operating point* is (ln mean speed in 1,000 rpm, ln mean power): each ``*_residual`` feature is what
 is left of its reading after a per-machine regression on them (`models.operating_point`, kept by the
 caller). Load swings move vibration, pressure and power together; a fault moves one of them at the same
-operating point.
+operating point. At standstill nothing turns and the raw logs are scored as they are.
 
 Logarithms make multiplicative changes (a worn bearing multiplies vibration, a leak divides pressure)
 equally visible on a loud running machine and on the faint background vibration of a stopped one.

@@ -55,13 +55,14 @@ def broker(port: int = typer.Option(0, help="Port to listen on (0: a free port).
     from connectors.broker import BrokerStartError, EmbeddedBroker
 
     try:
+        # Ctrl-C may come at any point once the address is printed (a script stops us as soon as it has
+        # read it): the broker is stopped by the `with` either way, and that is a clean exit.
         with EmbeddedBroker(port=port or None) as running:
             typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap}", err=False)
             sys.stdout.flush()
-            try:
-                running.wait()
-            except KeyboardInterrupt:
-                pass
+            running.wait()
+    except KeyboardInterrupt:
+        pass
     except (BrokerStartError, ImportError) as error:
         _fail(str(error))
 
@@ -174,10 +175,24 @@ def run(
     except KeyboardInterrupt:
         logging.getLogger("plantpulse").info("flow stopped by signal")
     except Exception as error:  # noqa: BLE001 - Bytewax wraps a SIGINT/SIGTERM stop in its runtime error
-        if "signal received" in str(error):
+        if _stopped_by_signal(error):
             logging.getLogger("plantpulse").info("flow stopped by signal")
             return
         raise
+
+
+def _stopped_by_signal(error: BaseException) -> bool:
+    """Whether a Bytewax error is a stop by SIGINT/SIGTERM: its own "signal received", or a KeyboardInterrupt
+    raised inside a step that was running Python code when the signal came (wrapped as "error calling ...").
+    Either way the flow stopped like a crash would, and resumes from its last snapshot."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt) or "signal received" in str(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class OutputFormat(str, Enum):
