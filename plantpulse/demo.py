@@ -150,7 +150,12 @@ def _live(console: Console, settings: Settings, port: int, flow: subprocess.Pope
             now = time.monotonic()
             rate = (counters.received - previous) / max(now - previous_at, 1e-6)
             previous, previous_at = counters.received, now
-            for _, offset, key, value, _ in read_topic(settings, settings.alerts_topic, start_offsets=alert_offsets, timeout_s=0.5):
+            try:
+                new_alerts = read_topic(settings, settings.alerts_topic, start_offsets=alert_offsets, timeout_s=2.0)
+            except TimeoutError:
+                # A busy broker did not answer in time: the offsets did not move, the next tick reads them.
+                new_alerts = []
+            for _, offset, key, value, _ in new_alerts:
                 top[key.decode() if key else "?"] += 1
             live.update(_view(counters, rate, top, now - started, duration))
     if simulator.returncode not in (0, None):
