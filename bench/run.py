@@ -1,6 +1,7 @@
-"""`make bench`: engine throughput (project flow vs per-event flow), replay speed and end-to-end latency.
+"""`make bench`: engine throughput (project flow vs per-event flow), replay speed, anomaly-model quality on
+held-out seeds (`bench.model_quality`) and end-to-end latency.
 
-    python -m bench.run [--readings N] [--machines M] [--runs K] [--skip-e2e] [--skip-replay]
+    python -m bench.run [--readings N] [--machines M] [--runs K] [--skip-e2e] [--skip-replay] [--skip-quality]
 
 Writes `bench/results/latest.json` (and a timestamped copy). Figures are medians of K runs.
 """
@@ -87,6 +88,7 @@ def main() -> None:
                         help="input of the recovery-cost runs: long enough for several 10 s snapshot intervals")
     parser.add_argument("--skip-recovery-cost", action="store_true", help="keep the recovery figures of latest.json")
     parser.add_argument("--skip-replay", action="store_true", help="keep the replay figures of latest.json")
+    parser.add_argument("--skip-quality", action="store_true", help="keep the model-quality figures of latest.json")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = json.loads((RESULTS / "latest.json").read_text()) if (RESULTS / "latest.json").exists() else {}
@@ -105,6 +107,11 @@ def main() -> None:
             results["replay"] = previous["replay"]
     else:
         results["replay"] = replay_speed(args)
+    if args.skip_quality:
+        if "model_quality" in previous:
+            results["model_quality"] = previous["model_quality"]
+    else:
+        results["model_quality"] = model_quality()
     if args.skip_e2e:
         if "end_to_end" in previous:
             results["end_to_end"] = previous["end_to_end"]
@@ -201,6 +208,19 @@ def replay_speed(args: argparse.Namespace) -> dict:
         summary["runs"] = [{k: m[k] for k in ("seconds", "events_per_s", "peak_rss_mb")} for m in measured]
         out[name] = {"file": data.name, **summary}
     return out
+
+
+def model_quality() -> dict:
+    """`python -m bench.model_quality` (seeds 101-103, never used for tuning): its summary, without the
+    per-run rows (those stay in `results/model_quality.json`)."""
+    print("model quality (held-out seeds 101-103; a few minutes):", flush=True)
+    subprocess.run([sys.executable, "-m", "bench.model_quality", "--speed"], check=True, cwd=ROOT.parent,
+                   stdout=subprocess.DEVNULL)
+    summary = json.loads((RESULTS / "model_quality.json").read_text())
+    for row in summary["by_fault"]:
+        print(f"  {row['fault']}: F1 {row['f1']}, median delay {row['median_delay_windows']} windows", flush=True)
+    print(f"  healthy: {summary['healthy']['false_alarms_per_machine_day']} false alarms per machine-day", flush=True)
+    return {key: value for key, value in summary.items() if key != "runs"}
 
 
 def hour_recording(machines: int = 500, seconds: int = 3600, seed: int = 42) -> Path:

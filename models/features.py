@@ -33,12 +33,13 @@ quiet or pressurised machine is not a fault), which halves false alarms and make
 as causes.
 
 **Modes.** A window's operating mode is ``running`` (R), ``idle`` (I) or ``standstill`` (S: stopped,
-maintenance or fault) when the machine held that status for all of the window's observed time, from its first
-reading to its end (`MIN_MODE_FRACTION`; readings rarely start on the boundary), and that time covers most
-of the window (`MIN_OBSERVED_FRACTION`); otherwise (a start, a stop) it is ``transition`` and not
-scored: a machine spinning up or down is not anomalous. Each mode has its own baseline per machine (an idle pump is quieter than a running one, and a
-worn bearing still shows at standstill, on the background vibration), and uses only the features that
-are meaningful in it (the *modes* column): a stopped machine cools down, so its temperature says nothing.
+maintenance or fault) when the machine held that status for all of the window's observed time, from its
+first reading to its end (`MIN_MODE_FRACTION`; readings rarely start on the boundary), and that time covers
+most of the window (`MIN_OBSERVED_FRACTION`); otherwise (a start, a stop) it is ``transition`` and not
+scored: a machine spinning up or down is not anomalous. Each mode has its own baseline per machine (an idle
+pump is quieter than a running one, and a worn bearing still shows at standstill, on the background
+vibration), and uses only the features that are meaningful in it (the *modes* column): a stopped machine
+cools down, so its temperature says nothing.
 
 **Missing values.** A null statistic (a sensor that dropped out) or the speed of a standing spindle
 (below 50 rpm) is NaN: that feature is neither scored nor learned for the window, the others are.
@@ -134,9 +135,10 @@ def _ms(table: pa.Table, name: str) -> np.ndarray:
 class WindowColumns:
     """The columns of a window-stats table that the models use, as NumPy arrays (one row per window).
 
-    `base` holds every feature except `temperature_rise` (NaN there: it needs the machine's history, see
-    `temperature_rise`) and the residual features' raw logs (the caller subtracts its regression's
-    prediction from the `operating_point`), already masked by the row's mode (unused features are NaN; transition rows are all NaN).
+    `base` holds one column per feature, masked by the row's mode (unused features are NaN; transition rows
+    are all NaN). Two kinds of column are not final: `temperature_rise` is NaN (it needs the machine's
+    history, see `temperature_rise`), and the residual features hold raw logs (the caller subtracts its
+    regression's prediction from the `operating_point`).
     """
 
     window_start: np.ndarray  # epoch ms

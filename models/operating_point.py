@@ -9,13 +9,13 @@ raises vibration at the same speed and power, so it shows in the residual at the
 level instead of being buried under the load swings - this is the learned generalisation of a ratio
 such as vibration per rpm.
 
-The fit keeps exponentially weighted means and (co)variances (rate ``max(alpha, 1/(n+1))``: a plain
-running fit over the first ``1/alpha`` windows, then a forgetting one that follows slow, healthy drift)
-and solves a ridge regression per window. The ridge term ``ridge * variance + ridge_floor`` keeps a
-regressor that barely moves (the fixed-speed motor of a conveyor) from fitting noise and keeps the two
-nearly collinear regressors of a pump (speed and power both follow load) stable. Residuals are NaN
-until a stream has learned `min_windows` windows (a slope from fewer says little). A NaN regressor (a spindle standing still) contributes nothing; a NaN target gives a NaN residual and is
-not learned.
+The fit keeps exponentially weighted means and (co)variances (rate ``max(alpha, 1/(n+1))``: a plain running
+fit over the first ``1/alpha`` windows, then a forgetting one that follows slow, healthy drift) and solves a
+ridge regression per window. The ridge term ``ridge * variance + ridge_floor`` keeps a regressor that barely
+moves (the fixed-speed motor of a conveyor) from fitting noise and keeps the two nearly collinear regressors
+of a pump (speed and power both follow load) stable. Residuals are NaN until a stream has learned
+`min_windows` windows (a slope from fewer says little). A NaN regressor (a spindle standing still)
+contributes nothing; a NaN target gives a NaN residual and is not learned.
 
 >>> import numpy as np
 >>> fit = OperatingPointRegression(n_targets=1, target_regressors=[[True]], alpha=0.1, min_windows=5)
@@ -51,7 +51,9 @@ class OperatingPointRegression:
     ) -> None:
         masks = np.asarray(target_regressors, dtype=bool)
         if masks.ndim != 2 or masks.shape[0] != n_targets or masks.shape[1] < 1:
-            raise ValueError(f"operating_point: target_regressors must be {n_targets} rows of booleans, got {masks.tolist()}")
+            raise ValueError(
+                f"operating_point: target_regressors must be {n_targets} rows of booleans, got {masks.tolist()}"
+            )
         if not 0 < alpha <= 1:
             raise ValueError(f"operating_point: alpha must be in (0, 1], got {alpha!r}")
         if min_windows < 1 or ridge < 0 or ridge_floor <= 0:
@@ -101,7 +103,8 @@ class OperatingPointRegression:
         keep = (1.0 - rate)[:, :, None]
         self.mean_x[machines, modes] = mean_x + rate * dx
         self.mean_y[machines, modes] = mean_y + rate * dy
-        self.cov_xx[machines, modes] = keep * (self.cov_xx[machines, modes] + rate[:, :, None] * dx[:, :, None] * dx[:, None, :])
+        outer_xx = dx[:, :, None] * dx[:, None, :]
+        self.cov_xx[machines, modes] = keep * (self.cov_xx[machines, modes] + rate[:, :, None] * outer_xx)
         cov_xy = self.cov_xy[machines, modes]
         updated = keep * (cov_xy + rate[:, :, None] * dx[:, :, None] * dy[:, None, :])
         self.cov_xy[machines, modes] = np.where(seen[:, None, :], updated, cov_xy)
