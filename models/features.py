@@ -169,9 +169,10 @@ class WindowColumns:
         krpm = _column(table, "rpm_mean") / 1000.0
         safe_krpm = np.where(krpm >= _MIN_KRPM, krpm, np.nan)
         pressure = _column(table, "pressure_mean")
+        power = _column(table, "power_mean")
         with np.errstate(invalid="ignore", divide="ignore"):
             log_krpm = np.log(safe_krpm)
-            log_power = np.log(np.where(_column(table, "power_mean") > 0, _column(table, "power_mean"), np.nan))
+            log_power = np.log(np.where(power > 0, power, np.nan))
             base = np.column_stack(
                 [
                     temperature,
@@ -181,7 +182,7 @@ class WindowColumns:
                     _log(_column(table, "pressure_min")),
                     (pressure - _column(table, "pressure_last")) / np.where(pressure > 0, pressure, np.nan),
                     _log(_column(table, "vibration_mean")),
-                    _log(_column(table, "power_mean")),
+                    _log(power),
                 ]
             )
         usable = np.zeros(base.shape, dtype=bool)

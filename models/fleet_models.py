@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.features import (
+    CLIMB,
     DIRECTION,
     FEATURE_SENSOR,
     FEATURES,
@@ -47,7 +48,6 @@ from models.features import (
     RISE,
     RUNNING,
     STANDSTILL,
-    CLIMB,
     TRANSITION,
     WindowColumns,
     temperature_rise,
@@ -57,11 +57,29 @@ from models.operating_point import OperatingPointRegression
 from models.robust_zscore import RobustZScore
 from models.spec import ModelSpec, ModelSpecs
 from models.threshold import AdaptiveThreshold
-from plantpulse.schema import ALERT_ARROW_SCHEMA, ANOMALY_SCORE_ARROW_SCHEMA, WINDOW_STATS_ARROW_SCHEMA
+from plantpulse.schema import (
+    ALERT_ARROW_SCHEMA,
+    ANOMALY_SCORE_ARROW_SCHEMA,
+    WINDOW_STATS_ARROW_SCHEMA,
+)
 
 TOP_FEATURES = 3
 _N_MODES = len(MODES)
 _NO_ALERT_YET = 10**9
+# Per-machine state of a `_Group` (local machine index first): name -> (initial value, dtype, per mode).
+_PER_MACHINE: dict[str, tuple[float, type, bool]] = {
+    "prev_end": (-1, np.int64, False),
+    "prev_temperature": (np.nan, np.float64, False),
+    "prev_mode": (TRANSITION, np.int64, False),
+    "mode_streak": (0, np.int64, False),
+    "reference": (np.nan, np.float64, True),  # EWMA of the temperature of learned windows, per mode
+    "learned": (0, np.int64, True),
+    "scored": (0, np.int64, False),  # scored windows, all modes (warm-up)
+    "anomalous_run": (0, np.int64, False),
+    "since_alert": (_NO_ALERT_YET, np.int64, False),
+    "episode_alerted": (False, bool, False),  # the current run of over windows has alerted
+    "unlearned_run": (0, np.int64, False),  # consecutive scored windows held back from learning
+}
 
 
 class ScoredWindows(NamedTuple):
@@ -109,17 +127,8 @@ class _Group:
         )
         self.excluded = ~np.array(spec.feature_mask())
         self.unsettled = np.array([f not in spec.settle_features for f in FEATURES])
-        self.prev_end = np.zeros(0, dtype=np.int64)
-        self.prev_temperature = np.zeros(0)
-        self.prev_mode = np.zeros(0, dtype=np.int64)
-        self.mode_streak = np.zeros(0, dtype=np.int64)
-        self.reference = np.zeros((0, _N_MODES))  # EWMA of the temperature of learned windows, per mode
-        self.learned = np.zeros((0, _N_MODES), dtype=np.int64)
-        self.scored = np.zeros(0, dtype=np.int64)  # scored windows, all modes (warm-up)
-        self.anomalous_run = np.zeros(0, dtype=np.int64)
-        self.since_alert = np.zeros(0, dtype=np.int64)
-        self.episode_alerted = np.zeros(0, dtype=bool)  # the current run of over windows has alerted
-        self.unlearned_run = np.zeros(0, dtype=np.int64)  # consecutive scored windows held back from learning
+        for name, (fill, dtype, per_mode) in _PER_MACHINE.items():
+            setattr(self, name, np.full((0, _N_MODES) if per_mode else 0, fill, dtype=dtype))
 
     def add(self, machine_id: str) -> int:
         local = len(self.ids)
@@ -127,17 +136,9 @@ class _Group:
         if local >= len(self.prev_end):
             size = max(16, 2 * len(self.prev_end))
             extra = size - len(self.prev_end)
-            self.prev_end = np.concatenate((self.prev_end, np.full(extra, -1, dtype=np.int64)))
-            self.prev_temperature = np.concatenate((self.prev_temperature, np.full(extra, np.nan)))
-            self.prev_mode = np.concatenate((self.prev_mode, np.full(extra, TRANSITION, dtype=np.int64)))
-            self.mode_streak = np.concatenate((self.mode_streak, np.zeros(extra, dtype=np.int64)))
-            self.reference = np.concatenate((self.reference, np.full((extra, _N_MODES), np.nan)))
-            self.learned = np.concatenate((self.learned, np.zeros((extra, _N_MODES), dtype=np.int64)))
-            self.scored = np.concatenate((self.scored, np.zeros(extra, dtype=np.int64)))
-            self.anomalous_run = np.concatenate((self.anomalous_run, np.zeros(extra, dtype=np.int64)))
-            self.since_alert = np.concatenate((self.since_alert, np.full(extra, _NO_ALERT_YET, dtype=np.int64)))
-            self.episode_alerted = np.concatenate((self.episode_alerted, np.zeros(extra, dtype=bool)))
-            self.unlearned_run = np.concatenate((self.unlearned_run, np.zeros(extra, dtype=np.int64)))
+            for name, (fill, dtype, per_mode) in _PER_MACHINE.items():
+                new_rows = np.full((extra, _N_MODES) if per_mode else extra, fill, dtype=dtype)
+                setattr(self, name, np.concatenate((getattr(self, name), new_rows)))
             self.threshold.grow(size)
             self.operating_point.grow(size)
         self.detector.grow(len(self.ids), self.ids)

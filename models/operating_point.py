@@ -60,6 +60,12 @@ class OperatingPointRegression:
             raise ValueError(f"operating_point: need min_windows >= 1, ridge >= 0, ridge_floor > 0; got "
                              f"{min_windows!r}, {ridge!r}, {ridge_floor!r}")
         self.masks = masks
+        # (regressors used, targets that use exactly them), one entry per distinct mask
+        self._groups = [
+            (np.flatnonzero(mask), np.flatnonzero((masks == mask).all(axis=1)))
+            for mask in np.unique(masks, axis=0)
+            if mask.any()
+        ]
         self.n_targets, self.n_regressors, self.n_modes = n_targets, masks.shape[1], n_modes
         self.alpha, self.min_windows, self.ridge, self.ridge_floor = alpha, min_windows, ridge, ridge_floor
         k, t = self.n_regressors, n_targets
@@ -118,11 +124,7 @@ class OperatingPointRegression:
             return slopes
         variance = np.diagonal(cov_xx, axis1=1, axis2=2)
         penalty = self.ridge * variance + self.ridge_floor
-        for mask in np.unique(self.masks, axis=0):
-            used = np.flatnonzero(mask)
-            targets = np.flatnonzero((self.masks == mask).all(axis=1))
-            if not len(used):
-                continue
+        for used, targets in self._groups:
             system = cov_xx[:, used[:, None], used[None, :]] + penalty[:, used][:, :, None] * np.eye(len(used))
             solved = np.linalg.solve(system, cov_xy[:, used[:, None], targets[None, :]])
             slopes[:, used[:, None], targets[None, :]] = solved

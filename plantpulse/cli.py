@@ -84,7 +84,7 @@ def sim(
 ) -> None:
     """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
     from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, write_fleet_csv
-    from sim import record_only as write_recording
+    from sim import record_only as write_recording  # `record_only` is this command's flag
 
     if record_only:
         if record is None or rate is not None:

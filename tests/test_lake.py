@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import zlib
@@ -18,6 +17,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
+from connectors.broker import free_port
 from connectors.lake import LakeSink, LakeState, read_lake
 from connectors.retry import Backoff
 from plantpulse.schema import READING_ARROW_SCHEMA, SENSORS
@@ -204,12 +204,6 @@ def crashing_lake_flow(batches: list[tuple[str, pa.Table]], sink: LakeSink, fail
 # --- S3 through a moto server ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_moto(port: int):  # type: ignore[no-untyped-def]
     from moto.server import ThreadedMotoServer
 
@@ -218,15 +212,19 @@ def _start_moto(port: int):  # type: ignore[no-untyped-def]
     return server
 
 
-def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import s3fs
-
+def _moto_s3(monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, object]:
+    """(port, endpoint URL, server) of a moto S3 server started on a free port, with test credentials set."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(var, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = _start_moto(port)
+    port = free_port()
+    return port, f"http://127.0.0.1:{port}", _start_moto(port)
+
+
+def test_s3_write_read_and_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    port, endpoint, server = _moto_s3(monkeypatch)
     options = {
         "client_kwargs": {"region_name": "us-east-1"},
         # Fail fast while moto is down so each of our attempts (and its retry count) is visible.
@@ -282,12 +280,7 @@ def test_s3_server_side_encryption_is_requested(tmp_path: Path, monkeypatch: pyt
     """`S3_SSE=AES256` (the flow passes `settings.s3_sse`) makes every lake object encrypted at rest."""
     import s3fs
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = _start_moto(port)
+    port, endpoint, server = _moto_s3(monkeypatch)
     try:
         fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint,
                                client_kwargs={"region_name": "us-east-1"})
