@@ -220,6 +220,9 @@ def model_quality() -> dict:
     for row in summary["by_fault"]:
         print(f"  {row['fault']}: F1 {row['f1']}, median delay {row['median_delay_windows']} windows", flush=True)
     print(f"  healthy: {summary['healthy']['false_alarms_per_machine_day']} false alarms per machine-day", flush=True)
+    if "bearing_wear_oracle" in summary:
+        oracle = summary["bearing_wear_oracle"]
+        print(f"  bearing-wear oracle bound: median delay {oracle['median_delay_windows_window']} windows", flush=True)
     return {key: value for key, value in summary.items() if key != "runs"}
 
 

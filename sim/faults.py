@@ -55,6 +55,19 @@ _SPIKE_SENSORS = np.array([VIBRATION, RPM, POWER])
 _SILENT, _NULL_ONE, _NULL_ALL = 0, 1, 2
 
 
+def bearing_wear_signature(level: np.ndarray | float, progress: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """(vibration factor, temperature offset in degC) of a worn bearing `progress` (0..1) into its event.
+
+    Wear grows as ``progress**1.5`` towards `level` times the healthy vibration (the label's
+    ``vibration_x<level>``); friction adds up to 2 degC, inside the normal envelope.
+
+    >>> bearing_wear_signature(3.0, np.array([0.0, 0.25, 1.0]))
+    (array([1.  , 1.25, 3.  ]), array([0. , 0.5, 2. ]))
+    """
+    progress = np.asarray(progress, dtype=np.float64)
+    return 1.0 + (np.asarray(level) - 1.0) * progress**1.5, 2.0 * progress
+
+
 def parse_faults(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     """`"all"`, `"none"`/`""`/None, or a comma list such as `"overheating,spike"` -> fault kinds."""
     if spec is None:
@@ -286,8 +299,9 @@ class FaultInjector:
 
     def _bearing(self, slots, machine, elapsed, values, status) -> None:
         progress = np.minimum(elapsed / ((self.end[slots] - self.start[slots] + 1) * self.dt), 1.0)
-        values[VIBRATION, machine] *= 1.0 + (self.level[slots] - 1.0) * progress**1.5
-        values[TEMPERATURE, machine] += 2.0 * progress  # friction heat, kept inside the normal envelope
+        vibration_factor, heat = bearing_wear_signature(self.level[slots], progress)
+        values[VIBRATION, machine] *= vibration_factor
+        values[TEMPERATURE, machine] += heat
         clip_normal(values, machine)
 
     def _stuck(self, slots, machine, elapsed, values, status) -> None:

@@ -58,7 +58,8 @@ _INITIAL_STATUS_P = np.array([0.70, 0.15, 0.10, 0.05, 0.0])
 _TAU_LOAD_S, _TAU_RPM_S, _TAU_PRESSURE_S, _TAU_TEMPERATURE_S = 4.0, 3.0, 5.0, 300.0
 _TAU_WANDER_S, _WANDER_SIGMA = 30.0, 0.06  # AR(1) load wander: correlation time, stationary std
 _IDLE_LOAD = 0.05
-_NOISE = {TEMPERATURE: 0.15, PRESSURE: 0.012, VIBRATION: 0.04, RPM: 0.003, POWER: 0.015}  # abs / relative
+# Per-reading sensor noise (standard deviation): absolute for temperature (degC), relative for the others.
+SENSOR_NOISE = {TEMPERATURE: 0.15, PRESSURE: 0.012, VIBRATION: 0.04, RPM: 0.003, POWER: 0.015}
 
 
 def shift_factor(ts_ms: int) -> float:
@@ -208,15 +209,15 @@ class SignalModel:
         self.temperature += (temperature_target - self.temperature) * self._alpha_temperature
 
         speed = np.minimum(np.maximum(self.rpm / self.rpm_nominal, 0.0), 1.2)
-        out[TEMPERATURE] = self.temperature + _NOISE[TEMPERATURE] * noise[TEMPERATURE]
-        out[PRESSURE] = self.pressure * (1.0 + _NOISE[PRESSURE] * noise[PRESSURE])
+        out[TEMPERATURE] = self.temperature + SENSOR_NOISE[TEMPERATURE] * noise[TEMPERATURE]
+        out[PRESSURE] = self.pressure * (1.0 + SENSOR_NOISE[PRESSURE] * noise[PRESSURE])
         shaking = self.vibration_base * (0.2 + 0.8 * speed) * (0.8 + 0.4 * load)
         out[VIBRATION] = np.where(speed > 0.01, shaking, self.vibration_background) * (
-            1.0 + _NOISE[VIBRATION] * noise[VIBRATION]
+            1.0 + SENSOR_NOISE[VIBRATION] * noise[VIBRATION]
         )
-        out[RPM] = self.rpm * (1.0 + _NOISE[RPM] * noise[RPM]) * (speed > 0.001)
+        out[RPM] = self.rpm * (1.0 + SENSOR_NOISE[RPM] * noise[RPM]) * (speed > 0.001)
         electrical = np.where(active, 0.06 + 0.94 * load, np.where(status == MAINTENANCE, 0.005, 0.01))
-        out[POWER] = self.rated_power * electrical * (1.0 + _NOISE[POWER] * noise[POWER])
+        out[POWER] = self.rated_power * electrical * (1.0 + SENSOR_NOISE[POWER] * noise[POWER])
         clip_normal(out)
         return status
 
