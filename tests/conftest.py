@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,8 @@ from typing import Any
 import pytest
 
 from connectors.broker import EmbeddedBroker
-from connectors.topics import ensure_topics
 from plantpulse.settings import Settings
-
-_topic_counter = itertools.count(1)
+from tests.brokerkit import isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -46,18 +42,7 @@ def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Sett
     """
 
     def make(*, create_topics: bool = False, partitions: int | None = None, **overrides: Any) -> Settings:
-        suffix = f"{next(_topic_counter)}-{uuid.uuid4().hex[:8]}"
-        fields: dict[str, Any] = {
-            "kafka_bootstrap_servers": broker.bootstrap,
-            "telemetry_topic": f"telemetry-{suffix}",
-            "alerts_topic": f"alerts-{suffix}",
-            "deadletter_topic": f"deadletter-{suffix}",
-            "data_dir": tmp_path,
-        }
-        fields.update(overrides)
-        settings = Settings(**fields)
-        if create_topics:
-            ensure_topics(settings, partitions)
-        return settings
+        return isolated_settings(broker.bootstrap, tmp_path, create_topics=create_topics, partitions=partitions,
+                                 **overrides)
 
     return make

@@ -40,6 +40,7 @@ from plantpulse.schema import SENSORS, RawBatch
 from plantpulse.settings import PACKAGED_MODELS_FILE, Settings
 from sim import Simulator, build_fleet, record_only
 from tests import flowkit
+from tests.brokerkit import isolated_settings
 
 pytestmark = pytest.mark.integration
 
@@ -137,13 +138,11 @@ def live(broker, chdb_dir: Path, scenario: Scenario, tmp_path_factory: pytest.Te
     """The live flow (`build_flow`) over the scenario produced to the broker; returns its settings."""
     work = tmp_path_factory.mktemp("anomaly-live")
     suffix = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        telemetry_topic=f"telemetry-anomaly-{suffix}",
-        alerts_topic=f"alerts-anomaly-{suffix}",
-        deadletter_topic=f"deadletter-anomaly-{suffix}",
+    settings = isolated_settings(
+        broker.bootstrap,
+        work,
+        label="anomaly",
         topic_partitions=4,
-        data_dir=work,
         clickhouse_url=f"chdb://{chdb_dir}",
         clickhouse_database=f"anomaly_{suffix}",
         clickhouse_flush_seconds=0.2,

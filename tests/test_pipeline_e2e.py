@@ -22,6 +22,7 @@ from flows import metrics
 from flows.rules import load_rules
 from flows.telemetry import build_flow
 from sim import Simulator, build_fleet, produce
+from tests.brokerkit import isolated_settings
 from tests.reference import threshold_alerts_reference, window_stats_reference
 
 pytestmark = pytest.mark.integration
@@ -58,18 +59,15 @@ def expected_acceptance(recording: pd.DataFrame) -> pd.Series:
 
 @pytest.fixture(scope="module")
 def run(broker, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from plantpulse.settings import Settings
     from connectors.topics import ensure_topics
 
     work = tmp_path_factory.mktemp("e2e")
     suffix = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap_servers=broker.bootstrap,
-        telemetry_topic=f"telemetry-e2e-{suffix}",
-        alerts_topic=f"alerts-e2e-{suffix}",
-        deadletter_topic=f"deadletter-e2e-{suffix}",
+    settings = isolated_settings(
+        broker.bootstrap,
+        work,
+        label="e2e",
         topic_partitions=4,
-        data_dir=work,
         clickhouse_url=f"chdb://{chdb_dir}",
         clickhouse_database=f"e2e_{suffix}",
         clickhouse_flush_seconds=0.2,

@@ -31,6 +31,7 @@ from connectors.topics import ensure_topics
 from flows.telemetry import build_flow
 from plantpulse.settings import Settings
 from sim import Simulator, build_fleet, produce
+from tests.brokerkit import isolated_settings
 from tests.processes import (
     PLANTPULSE,
     assert_exactly_once,
@@ -59,11 +60,7 @@ class CrashedRun:
 def crashed(broker, tmp_path_factory: pytest.TempPathFactory) -> CrashedRun:
     """200,000 readings through `plantpulse run` with recovery, killed three times, the fourth run catching up."""
     tmp_path = tmp_path_factory.mktemp("crash")
-    suffix = uuid.uuid4().hex[:8]
-    settings = Settings(kafka_bootstrap_servers=broker.bootstrap, telemetry_topic=f"telemetry-crash-{suffix}",
-                        alerts_topic=f"alerts-crash-{suffix}", deadletter_topic=f"deadletter-crash-{suffix}",
-                        data_dir=tmp_path)
-    ensure_topics(settings, 4)
+    settings = isolated_settings(broker.bootstrap, tmp_path, label="crash", create_topics=True, partitions=4)
     recording = tmp_path / "crash.parquet"
     summary = produce(settings, Simulator(build_fleet(200, seed=9), seed=9, faults="all", fault_rate=0.2),
                       count=200_000, record_path=recording)
