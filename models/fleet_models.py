@@ -17,7 +17,10 @@ features: `models.operating_point`, learned from the same windows as the detecto
    stop, pressure and power still run down - and nothing is learned. A stopped
    or idle machine *is* scored, against its own idle or standstill baseline, on the features that mean
    something there.
-2. Otherwise the detector scores it. While the (machine, mode) baseline has learned fewer than
+2. Otherwise the detector scores it. The `*_residual` features are divided by
+   ``sqrt(1 + regression.extrapolation x d2)``, d2 the operating point's squared Mahalanobis distance
+   from the ones its regression learned (a fit is least trusted far out). The detector's trends
+   (`models.robust_zscore`) move on with every scored window and restart with each new run of a mode. While the (machine, mode) baseline has learned fewer than
    `warmup_windows` windows the row is `warming_up` (threshold null, never anomalous).
 3. After warm-up it is anomalous when the score exceeds the machine's adaptive threshold.
 4. It is learned unless anomalous - a fault must not become the new normal - except when the anomaly
@@ -110,7 +113,8 @@ class _Group:
                 len(FEATURES), alpha=spec.alpha, min_deviation=np.array(spec.min_deviations()), direction=DIRECTION,
                 n_modes=_N_MODES, prior=np.array(spec.priors()), prior_windows=spec.prior_windows,
                 min_count=spec.feature_min_windows, clip=spec.huber_clip, deviation_alpha=spec.deviation_alpha,
-                weight=np.array(spec.weights()),
+                weight=np.array(spec.weights()), trend_alpha=spec.trend_alpha,
+                trend_weight=np.array(spec.trend_weights()),
             )
         else:
             self.detector = HalfSpaceTreesFleet(
@@ -157,8 +161,11 @@ class _Group:
         regressed = valid & (mode != STANDSTILL)
         if regressed.any():
             v = np.flatnonzero(regressed)
-            x[np.ix_(v, RESIDUAL_FEATURES)] = self.operating_point.residuals(
-                m[v], mode[v], raw_residual_features[v], c.operating_point[v])
+            residuals = self.operating_point.residuals(m[v], mode[v], raw_residual_features[v], c.operating_point[v])
+            if spec.regression_extrapolation > 0:
+                distance = self.operating_point.distance(m[v], mode[v], c.operating_point[v])
+                residuals /= np.sqrt(1.0 + spec.regression_extrapolation * distance)[:, None]
+            x[np.ix_(v, RESIDUAL_FEATURES)] = residuals
         with np.errstate(invalid="ignore"):
             rise = temperature_rise(
                 c.temperature, self.prev_temperature[m], self.reference[m, safe_mode],
@@ -178,6 +185,8 @@ class _Group:
         x[np.ix_(settling, self.unsettled)] = np.nan
         x[settling & (mode != RUNNING)] = np.nan
         scored = valid
+        restarted = valid & (streak == 1)
+        self.detector.reset_trend(m[restarted], mode[restarted])
 
         run = np.zeros(len(m), dtype=np.int64)
         alert = np.zeros(len(m), dtype=bool)
@@ -186,6 +195,7 @@ class _Group:
             s = np.flatnonzero(scored)
             ms, modes, xs = m[s], mode[s], x[s]
             score, contributions = self.detector.score(ms, modes, xs)
+            self.detector.track(ms, modes, xs)
             warming = self.scored[ms] < spec.warmup_windows
             threshold = self.threshold.threshold(ms, modes)
             # Over the threshold counts during warm-up too (not learned, not an alert): a machine whose

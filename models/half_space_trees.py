@@ -164,6 +164,12 @@ class HalfSpaceTreesFleet:
             contributions[i] = [found.get(f, 0.0) for f in self.features]
         return scores, contributions
 
+    def track(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
+        """Nothing to do: the trees keep no trend (the interface of `RobustZScore.track`)."""
+
+    def reset_trend(self, machines: np.ndarray, modes: np.ndarray) -> None:
+        """Nothing to do (the interface of `RobustZScore.reset_trend`)."""
+
     def learn(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
         for m, mode, row in zip(machines.tolist(), modes.tolist(), x.tolist()):
             self._stream(m, mode).learn_one(dict(zip(self.features, row)))

@@ -17,6 +17,10 @@ of a pump (speed and power both follow load) stable. Residuals are NaN until a s
 `min_windows` windows (a slope from fewer says little). A NaN regressor (a spindle standing still)
 contributes nothing; a NaN target gives a NaN residual and is not learned.
 
+A straight fit is least trustworthy far from the operating points it learned from (a machine's response
+flattens out at low load): `distance` gives the squared Mahalanobis distance of an operating point from
+them, with which the caller can discount residuals out there.
+
 >>> import numpy as np
 >>> fit = OperatingPointRegression(n_targets=1, target_regressors=[[True]], alpha=0.1, min_windows=5)
 >>> fit.grow(1)
@@ -28,6 +32,10 @@ contributes nothing; a NaN target gives a NaN residual and is not learned.
 0.0
 >>> round(float(fit.residuals(one, one, np.array([[2.5 + 3.0 * 0.3]]), np.array([[0.3]]))[0, 0]), 2)  # 0.5 above the fit
 0.5
+>>> mean, sd = fit.mean_x[0, 0, 0], np.sqrt(fit.cov_xx[0, 0, 0, 0])  # of the learned operating points
+>>> two = np.zeros(2, dtype=np.int64)
+>>> fit.distance(two, two, np.array([[mean], [mean + 3 * sd]])).round(1).tolist()  # 3 sd: 9, less the ridge
+[0.0, 8.9]
 """
 
 from __future__ import annotations
@@ -97,6 +105,15 @@ class OperatingPointRegression:
         residual = y - predicted
         residual[count < self.min_windows] = np.nan
         return residual
+
+    def distance(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of operating points `x` from what each stream has learned (0 where a
+        regressor is NaN or barely moves: the same ridge as the fit)."""
+        cov_xx = self.cov_xx[machines, modes]
+        dx = np.where(np.isnan(x), 0.0, x - self.mean_x[machines, modes])
+        variance = np.diagonal(cov_xx, axis1=1, axis2=2)
+        system = cov_xx + (self.ridge * variance + self.ridge_floor)[:, :, None] * np.eye(self.n_regressors)
+        return np.einsum("rk,rk->r", dx, np.linalg.solve(system, dx[:, :, None])[:, :, 0])
 
     def learn(self, machines: np.ndarray, modes: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
         """Update the fits of (`machines`, `modes`) - each pair at most once - with one window each."""

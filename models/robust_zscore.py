@@ -22,6 +22,14 @@ anomalous ones so that a fault does not become the new normal). NaN features are
 learned. Once a baseline has `min_count` windows its updates are Huber-clipped: a residual counts at
 most `clip` robust scales, so start-up transients and faults too small to alert barely move it.
 
+**Trends.** A fault that creeps up (a wearing bearing) gives several windows in a row that are each
+below the threshold. A feature with a `trend_weight` also keeps, per (machine, mode), an EWMA with rate
+`trend_alpha` of its z along its fault direction, over every scored window (learned or not); as healthy
+z-scores are about N(0, 1) and independent, the EWMA has standard deviation ``sqrt(a / (2 - a))``, and
+the trend contributes ``trend_weight * max(EWMA, 0) / sqrt(a / (2 - a))`` when that is more than the
+window's own weighted z. The caller resets a trend when the windows it summed no longer say anything of
+the next one (a stop, a restart after repair). Trends need a fault direction (direction 0 has none).
+
 State is columnar - arrays indexed by (machine, mode, feature) - so scoring and learning a batch of
 windows is a handful of NumPy operations, whatever the fleet size. `learn_one`/`score_one` give River's
 interface for a single stream (one machine, one mode):
@@ -33,6 +41,20 @@ interface for a single stream (one machine, one mode):
 (True, True)
 >>> detector.score_one({"f": 6.0}) > 10  # direction 0 (the default): both ways count
 True
+
+A creep of about 2 robust scales per window, with and without a trend:
+
+>>> for trend_weight in (0.0, 1.0):
+...     detector = RobustZScore(n_features=1, alpha=0.1, direction=1.0, trend_weight=trend_weight)
+...     for x in [10.0, 10.2, 9.8, 10.1, 9.9] * 10:
+...         detector.learn_one({"f": x})
+...     scores = []
+...     for x in [10.3, 10.35, 10.4, 10.45]:
+...         scores.append(round(detector.score_one({"f": x}), 1))
+...         detector.learn_one({"f": x})
+...     print(trend_weight, scores)
+0.0 [1.9, 1.8, 1.7, 1.6]
+1.0 [1.9, 2.3, 2.6, 2.7]
 """
 
 from __future__ import annotations
@@ -61,6 +83,8 @@ class RobustZScore:
         clip: float = 3.0,
         deviation_alpha: float | None = None,
         weight: np.ndarray | float = 1.0,
+        trend_alpha: float = 0.5,
+        trend_weight: np.ndarray | float = 0.0,
     ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"robust_zscore: alpha must be in (0, 1], got {alpha!r}")
@@ -74,6 +98,16 @@ class RobustZScore:
         self.weight = np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_features,)).copy()
         if (self.weight <= 0).any():
             raise ValueError(f"robust_zscore: weight must be > 0, got {self.weight.tolist()}")
+        self.trend_alpha = trend_alpha
+        self.trend_weight = np.broadcast_to(np.asarray(trend_weight, dtype=np.float64), (n_features,)).copy()
+        if not 0 < trend_alpha <= 1 or (self.trend_weight < 0).any():
+            raise ValueError(f"robust_zscore: need 0 < trend_alpha <= 1 and trend weights >= 0, got {trend_alpha!r}, "
+                             f"{self.trend_weight.tolist()}")
+        if ((self.trend_weight > 0) & (self.direction == 0)).any():
+            raise ValueError("robust_zscore: a trend needs the feature's fault direction (direction 0 has none), got "
+                             f"trend weights {self.trend_weight.tolist()} for directions {self.direction.tolist()}")
+        # Healthy z-scores are ~N(0, 1); their EWMA with rate a has standard deviation sqrt(a / (2 - a)).
+        self._trend_scale = np.sqrt(trend_alpha / (2 - trend_alpha))
         self.prior = np.full(n_features, np.nan) if prior is None else np.asarray(prior, dtype=np.float64).copy()
         if self.prior.shape != (n_features,) or prior_windows < 0 or min_count < 1:
             raise ValueError(f"robust_zscore: need prior of {n_features} levels (NaN: none), prior_windows >= 0, "
@@ -88,6 +122,7 @@ class RobustZScore:
         self.level = np.zeros(shape)
         self.deviation = np.zeros(shape)
         self.count = np.zeros(shape, dtype=np.int64)
+        self.trend = np.zeros(shape)
         self._names: list[str] | None = None  # feature order of the River interface
 
     def grow(self, n_machines: int, keys: list[str] | None = None) -> None:
@@ -105,20 +140,56 @@ class RobustZScore:
             self.level = np.concatenate((self.level, level))
             self.deviation = np.concatenate((self.deviation, deviation))
             self.count = np.concatenate((self.count, count))
+            self.trend = np.concatenate((self.trend, np.zeros(shape)))
 
     def score(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score per row, contribution per row and feature) for rows `x` [rows x features].
 
-        A contribution is the feature's one-sided robust z times its `weight` (0 for NaN features and
-        features whose baseline has learned fewer than `min_count` windows).
+        A contribution is the feature's one-sided robust z times its `weight`, or - if larger - its trend
+        (with this row in it) in the trend's standard deviations times its `trend_weight`; 0 for NaN
+        features and features whose baseline has learned fewer than `min_count` windows. Pure: `track`
+        then moves the trends on.
         """
+        z, known = self._directed_z(machines, modes, x)
+        contributions = np.where(known, self.weight * np.maximum(z, 0.0), 0.0)
+        if self._has_trend:
+            trend = self._next_trend(machines, modes, z, known)
+            trended = self.trend_weight * np.maximum(trend, 0.0) / self._trend_scale
+            contributions = np.maximum(contributions, np.where(known, trended, 0.0))
+        return contributions.max(axis=1), contributions
+
+    def track(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
+        """Move the trends of (`machines`, `modes`) - each pair at most once - on by rows `x`.
+
+        Call it for every scored row (anomalous ones too: a fault must keep its trend rising), after
+        `score` and before `learn` (the z-scores are taken against the baselines `score` saw).
+        """
+        if self._has_trend:
+            z, known = self._directed_z(machines, modes, x)
+            self.trend[machines, modes] = self._next_trend(machines, modes, z, known)
+
+    def reset_trend(self, machines: np.ndarray, modes: np.ndarray) -> None:
+        """Forget the trends of (`machines`, `modes`): their last windows say nothing of the next ones (a stop,
+        a repair, a gap came between)."""
+        if self._has_trend:
+            self.trend[machines, modes] = 0.0
+
+    @property
+    def _has_trend(self) -> bool:
+        return bool((self.trend_weight > 0).any())
+
+    def _directed_z(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(z along each feature's fault direction, |z| where it has none; whether the z is known)."""
         level, deviation = self.level[machines, modes], self.deviation[machines, modes]
         scale = np.maximum(MAD_TO_STD * deviation, self.min_deviation)
         residual = (x - level) / scale
         z = np.where(self.direction == 0, np.abs(residual), self.direction * residual)
-        known = (self.count[machines, modes] >= self.min_count) & ~np.isnan(x)
-        contributions = np.where(known, self.weight * np.maximum(z, 0.0), 0.0)
-        return contributions.max(axis=1), contributions
+        return z, (self.count[machines, modes] >= self.min_count) & ~np.isnan(x)
+
+    def _next_trend(self, machines: np.ndarray, modes: np.ndarray, z: np.ndarray, known: np.ndarray) -> np.ndarray:
+        trend = self.trend[machines, modes]
+        moving = known & (self.trend_weight > 0)
+        return np.where(moving, trend + self.trend_alpha * (np.nan_to_num(z) - trend), trend)
 
     def learn(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
         """Update the baselines of (`machines`, `modes`) - each pair at most once - with rows `x`."""
@@ -142,8 +213,9 @@ class RobustZScore:
     # -- River's interface, for a single stream (machine 0, mode 0) --------------------------------
 
     def learn_one(self, x: dict[str, float]) -> None:
-        """Learn one observation (a dict of feature values; None or NaN: missing)."""
+        """Learn one observation (a dict of feature values; None or NaN: missing); it moves the trends on too."""
         machines, modes, row = self._one(x)
+        self.track(machines, modes, row)
         self.learn(machines, modes, row)
 
     def score_one(self, x: dict[str, float]) -> float:

@@ -30,12 +30,18 @@ table uses `[default]`::
     alpha = 0.01                        # their forgetting rate per window
     min_windows = 10                    # slopes used once a machine x mode has learned this many windows
     ridge = 0.01                        # ridge penalty, as a fraction of each regressor's variance
+    extrapolation = 0.2                 # residuals / sqrt(1 + this x squared Mahalanobis distance of the
+                                        # operating point from the learned ones): trust a fit less far out
     [default.min_deviation]             # noise floors of the robust z-score, per feature, in its unit
     temperature = 0.5
     [default.prior]                     # expected level of machine-independent features
     temperature_rise = 0.0
     [default.weight]                    # robust_zscore: a feature's z-score counts this many times
     log_vibration_residual = 1.5        # (a steadier feature may alert at a lower z)
+    [default.trend]                     # robust_zscore: EWMA of each feature's z along its fault direction,
+    alpha = 0.5                         # scored in its own standard deviations (a creeping fault adds up)
+    [default.trend_weight]              # ... times this weight; 0 or unset: the feature has no trend
+    log_vibration_residual = 1.6
     [default.hst]                       # half_space_trees only
     n_trees = 10
     height = 6
@@ -106,9 +112,12 @@ class ModelSpec:
     regression_alpha: float = 0.01
     regression_min_windows: int = 10
     regression_ridge: float = 0.01
+    regression_extrapolation: float = 0.0
     min_deviation: dict[str, float] = field(default_factory=dict)
     prior: dict[str, float] = field(default_factory=dict)
     weight: dict[str, float] = field(default_factory=dict)
+    trend_alpha: float = 0.5
+    trend_weight: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, need: str) -> ValueError:
@@ -140,14 +149,17 @@ class ModelSpec:
                       "need margin > 0, floor >= 0 and 0 < rate < 1")
         if not 0 < self.regression_alpha <= 1:
             raise bad("regression.alpha", self.regression_alpha, "must be in (0, 1]")
-        if self.regression_min_windows < 1 or self.regression_ridge < 0:
-            raise bad("regression", (self.regression_min_windows, self.regression_ridge),
-                      "need min_windows >= 1 and ridge >= 0")
+        if self.regression_min_windows < 1 or self.regression_ridge < 0 or self.regression_extrapolation < 0:
+            raise bad("regression", (self.regression_min_windows, self.regression_ridge, self.regression_extrapolation),
+                      "need min_windows >= 1, ridge >= 0 and extrapolation >= 0")
+        if not 0 < self.trend_alpha <= 1:
+            raise bad("trend.alpha", self.trend_alpha, "must be in (0, 1]")
         if self.prior_windows < 0:
             raise bad("prior_windows", self.prior_windows, "must be >= 0")
         for name, value in [*((f"min_deviation.{k}", k) for k in self.min_deviation),
                             *((f"prior.{k}", k) for k in self.prior),
                             *((f"weight.{k}", k) for k in self.weight),
+                            *((f"trend_weight.{k}", k) for k in self.trend_weight),
                             *(("exclude_features", k) for k in self.exclude_features),
                             *(("settle_features", k) for k in self.settle_features)]:
             if value not in FEATURES:
@@ -156,6 +168,9 @@ class ModelSpec:
             for key, value in values.items():
                 if not value > 0:
                     raise bad(f"{table}.{key}", value, "must be > 0")
+        for key, value in self.trend_weight.items():
+            if not value >= 0:
+                raise bad(f"trend_weight.{key}", value, "must be >= 0 (0: no trend)")
 
     def min_deviations(self) -> list[float]:
         """Noise floor per feature, in FEATURES order (1e-3 where unset)."""
@@ -164,6 +179,10 @@ class ModelSpec:
     def weights(self) -> list[float]:
         """Score weight per feature, in FEATURES order (1 where unset)."""
         return [self.weight.get(f, 1.0) for f in FEATURES]
+
+    def trend_weights(self) -> list[float]:
+        """Trend weight per feature, in FEATURES order (0 where unset: no trend)."""
+        return [self.trend_weight.get(f, 0.0) for f in FEATURES]
 
     def priors(self) -> list[float]:
         """Prior level per feature, in FEATURES order (NaN where unset)."""
@@ -174,7 +193,7 @@ class ModelSpec:
         return [f not in self.exclude_features for f in FEATURES]
 
 
-_PER_FEATURE = ("min_deviation", "prior", "weight")  # sub-tables keyed by feature
+_PER_FEATURE = ("min_deviation", "prior", "weight", "trend_weight")  # sub-tables keyed by feature
 _FIELDS = {f.name: f for f in fields(ModelSpec) if f.name not in ("name", *_PER_FEATURE)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -45,17 +46,53 @@ def test_robust_zscore_skips_missing_features_and_uses_priors() -> None:
 
 
 def test_robust_zscore_pickle_round_trip_gives_identical_scores() -> None:
-    detector = RobustZScore(2, alpha=0.1, min_deviation=0.01)
+    detector = RobustZScore(2, alpha=0.1, min_deviation=0.01, direction=1.0, trend_weight=np.array([1.5, 0.0]))
     detector.grow(2)
     rng = np.random.default_rng(2)
     for _ in range(30):
-        detector.learn(M2, MODE0, steady_rows(rng))
+        x = steady_rows(rng)
+        detector.track(M2, MODE0, x)
+        detector.learn(M2, MODE0, x)
     clone = pickle.loads(pickle.dumps(detector))
     for _ in range(20):
         x = steady_rows(rng) + rng.normal(0, 0.5, (2, 2))
         assert np.array_equal(detector.score(M2, MODE0, x)[0], clone.score(M2, MODE0, x)[0])
-        detector.learn(M2, MODE0, x)
-        clone.learn(M2, MODE0, x)
+        for copy in (detector, clone):
+            copy.track(M2, MODE0, x)
+            copy.learn(M2, MODE0, x)
+    assert np.array_equal(detector.trend, clone.trend) and detector.trend[:2, 0, 0].any()
+
+
+def test_robust_zscore_trend_is_the_ewma_of_directed_z_in_its_own_standard_deviations() -> None:
+    alpha, weight = 0.4, 2.0
+    # Prior level 0 with deviation 1 / 1.25, never learned: the scale is 1, so a row's z along direction -1 is -x.
+    detector = RobustZScore(1, min_deviation=1.0, direction=-1.0, prior=np.array([0.0]), prior_windows=1,
+                            trend_alpha=alpha, trend_weight=weight)
+    detector.grow(1)
+    one, mode = np.array([0]), np.array([0])
+    ewma = 0.0
+    for x in [-1.0, -2.0, 0.5, -2.5, -2.5, -2.5, math.nan, -2.5, 3.0]:
+        row = np.array([[x]])
+        if math.isnan(x):
+            expected = 0.0  # not scored, and the trend holds
+        else:
+            ewma += alpha * (-x - ewma)
+            expected = max(-x, weight * max(ewma, 0.0) / math.sqrt(alpha / (2 - alpha)), 0.0)
+        score, _ = detector.score(one, mode, row)
+        assert detector.score(one, mode, row)[0] == pytest.approx(score), "score alone does not move the trend"
+        detector.track(one, mode, row)
+        assert score[0] == pytest.approx(expected), f"row {x}"
+        assert detector.trend[0, 0, 0] == pytest.approx(ewma)
+    detector.reset_trend(one, mode)
+    assert detector.trend[0, 0, 0] == 0.0 and detector.score(one, mode, np.array([[0.0]]))[0][0] == 0.0
+
+
+def test_robust_zscore_trend_needs_a_direction_and_a_valid_rate() -> None:
+    with pytest.raises(ValueError, match="a trend needs the feature's fault direction"):
+        RobustZScore(2, direction=np.array([1.0, 0.0]), trend_weight=1.0)
+    with pytest.raises(ValueError, match="need 0 < trend_alpha <= 1"):
+        RobustZScore(1, direction=1.0, trend_alpha=0.0, trend_weight=1.0)
+    RobustZScore(2, direction=np.array([1.0, 0.0]), trend_weight=np.array([1.0, 0.0]))  # no trend where none
 
 
 def test_robust_zscore_river_interface_checks_feature_names() -> None:

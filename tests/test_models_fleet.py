@@ -12,9 +12,16 @@ import pyarrow.compute as pc
 import pytest
 
 from flows.window_state import ShardWindows, WindowConfig
+from models.features import FEATURES, MODES
 from models.fleet_models import FleetModels
 from models.spec import ModelSpecs, load_model_specs
-from plantpulse.schema import ALERT_ARROW_SCHEMA, ANOMALY_SCORE_ARROW_SCHEMA, SENSORS, STATUSES, WINDOW_STATS_ARROW_SCHEMA
+from plantpulse.schema import (
+    ALERT_ARROW_SCHEMA,
+    ANOMALY_SCORE_ARROW_SCHEMA,
+    SENSORS,
+    STATUSES,
+    WINDOW_STATS_ARROW_SCHEMA,
+)
 from plantpulse.settings import PACKAGED_MODELS_FILE
 from sim import Simulator, build_fleet
 
@@ -115,6 +122,21 @@ def test_a_stopped_machine_is_not_an_anomaly() -> None:
     scores, alerts = run(FleetModels(specs()), table, batch=4)
     assert alerts is None
     assert not pc.any(scores["is_anomaly"]).as_py()
+
+
+def test_a_new_run_of_a_mode_starts_its_trends_afresh() -> None:
+    table = synthetic(4, 110, stop=("M002", 60, 100))
+    models = FleetModels(specs())
+    run(models, table.slice(0, 100 * 4), batch=4)  # windows 0-99: M002 ran until 59, then stood still
+    name, local = models.where["M002"]
+    trend = models.groups[name].detector.trend
+    running = MODES.index("running")
+    vibration = FEATURES.index("log_vibration_residual")
+    assert trend[local, running, vibration] != 0, "60 running windows left a trend (so the check is not vacuous)"
+    run(models, table.slice(100 * 4, 4), batch=4)  # window 100: running again
+    assert (trend[local, running] == 0).all(), "the restart dropped what the windows before the stop summed"
+    other = models.where["M001"][1]
+    assert trend[other, running, vibration] != 0, "machines that kept running keep their trends"
 
 
 def test_scores_do_not_depend_on_sharding_or_batching(simulated: pa.Table) -> None:

@@ -87,6 +87,24 @@ def test_operating_point_pickles_exactly_and_grows_geometrically() -> None:
     assert len(sizes) <= 8, f"capacity grows by doubling, not one machine at a time: {sorted(sizes)}"
 
 
+def test_distance_is_the_mahalanobis_distance_from_the_learned_operating_points() -> None:
+    rng = np.random.default_rng(8)
+    n = 60  # fewer than 1 / alpha windows: the fit is a plain running mean and (population) covariance
+    fit = OperatingPointRegression(1, [[True, True]], alpha=0.001, ridge=0.0, ridge_floor=1e-12)
+    fit.grow(1)
+    x = rng.multivariate_normal([1.0, 3.0], [[0.04, 0.03], [0.03, 0.09]], n)
+    for i in range(n):
+        fit.learn(ONE, MODE0, np.array([[0.0]]), x[i : i + 1])
+    points = np.array([[1.0, 3.0], [1.4, 3.0], [0.5, 3.9], [np.nan, 3.5]])
+    mean, inverse = x.mean(axis=0), np.linalg.inv(np.cov(x.T, bias=True))
+    offsets = points - mean
+    offsets[3, 0] = 0.0  # a NaN regressor counts as at its mean (as in `residuals`)
+    expected = [float(d @ inverse @ d) for d in offsets]
+    got = fit.distance(np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64), points)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got[0] < 0.1 and got[1] > 4, "the learned centre is near, 2 sd out is far"
+
+
 def test_operating_point_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError, match="operating_point: target_regressors"):
         OperatingPointRegression(2, [[True, True]])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from models.features import FEATURES
 from models.spec import ModelSpecs, load_model_specs, parse_grid
 from plantpulse.settings import PACKAGED_MODELS_FILE
 
@@ -42,6 +43,11 @@ def test_overrides_parse_to_the_field_type() -> None:
     assert changed.for_type("cnc").detector == "half_space_trees"
     assert changed.default.min_deviation["temperature"] == 0.7
     assert changed.default.exclude_features == ("log_power_residual",)
+    trended = specs.with_overrides({"default.trend.alpha": "0.3", "pump.trend_weight.temperature": "1.2",
+                                    "default.regression.extrapolation": "0.5"})
+    assert trended.for_type("pump").trend_weights()[FEATURES.index("temperature")] == 1.2
+    assert sum(trended.for_type("cnc").trend_weights()) == 0, "no trend unless a weight is given"
+    assert (trended.for_type("pump").trend_alpha, trended.for_type("pump").regression_extrapolation) == (0.3, 0.5)
     assert specs.default.threshold_quantile == 0.99, "the original is unchanged"
 
 
@@ -55,6 +61,10 @@ def test_overrides_parse_to_the_field_type() -> None:
         ({"pump.threshold.quantile": "1.5"}, r"\[pump\]: threshold.quantile = 1.5: must be in \(0, 1\)"),
         ({"default.min_deviation.nope": "1"}, r"min_deviation.nope = 1: unknown feature"),
         ({"default.alpha": "fast"}, r"alpha = 'fast' is not a float"),
+        ({"default.trend_weight.temperature": "-1"}, r"trend_weight.temperature = -1.0: must be >= 0"),
+        ({"default.trend_weight.nope": "1"}, r"trend_weight.nope = 1: unknown feature"),
+        ({"default.trend.alpha": "0"}, r"trend.alpha = 0.0: must be in \(0, 1\]"),
+        ({"default.regression.extrapolation": "-0.1"}, r"need min_windows >= 1, ridge >= 0 and extrapolation >= 0"),
         ({"warmup_windows": "3"}, r"model override warmup_windows='3': expected <machine type or default>.<key>"),
     ],
 )
