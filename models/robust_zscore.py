@@ -108,6 +108,7 @@ class RobustZScore:
                              f"trend weights {self.trend_weight.tolist()} for directions {self.direction.tolist()}")
         # Healthy z-scores are ~N(0, 1); their EWMA with rate a has standard deviation sqrt(a / (2 - a)).
         self._trend_scale = np.sqrt(trend_alpha / (2 - trend_alpha))
+        self._trend_columns = np.flatnonzero(self.trend_weight > 0)
         self.prior = np.full(n_features, np.nan) if prior is None else np.asarray(prior, dtype=np.float64).copy()
         if self.prior.shape != (n_features,) or prior_windows < 0 or min_count < 1:
             raise ValueError(f"robust_zscore: need prior of {n_features} levels (NaN: none), prior_windows >= 0, "
@@ -152,10 +153,11 @@ class RobustZScore:
         """
         z, known = self._directed_z(machines, modes, x)
         contributions = np.where(known, self.weight * np.maximum(z, 0.0), 0.0)
-        if self._has_trend:
-            trend = self._next_trend(machines, modes, z, known)
-            trended = self.trend_weight * np.maximum(trend, 0.0) / self._trend_scale
-            contributions = np.maximum(contributions, np.where(known, trended, 0.0))
+        trended = self._trend_columns
+        if len(trended):
+            trend = self._next_trend(machines, modes, z[:, trended], known[:, trended])
+            from_trend = self.trend_weight[trended] * np.maximum(trend, 0.0) / self._trend_scale
+            contributions[:, trended] = np.maximum(contributions[:, trended], np.where(known[:, trended], from_trend, 0.0))
         return contributions.max(axis=1), contributions
 
     def track(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
@@ -164,32 +166,36 @@ class RobustZScore:
         Call it for every scored row (anomalous ones too: a fault must keep its trend rising), after
         `score` and before `learn` (the z-scores are taken against the baselines `score` saw).
         """
-        if self._has_trend:
-            z, known = self._directed_z(machines, modes, x)
-            self.trend[machines, modes] = self._next_trend(machines, modes, z, known)
+        trended = self._trend_columns
+        if len(trended):
+            z, known = self._directed_z(machines, modes, x, trended)
+            self.trend[machines[:, None], modes[:, None], trended] = self._next_trend(machines, modes, z, known)
 
     def reset_trend(self, machines: np.ndarray, modes: np.ndarray) -> None:
         """Forget the trends of (`machines`, `modes`): their last windows say nothing of the next ones (a stop,
         a repair, a gap came between)."""
-        if self._has_trend:
+        if len(self._trend_columns):
             self.trend[machines, modes] = 0.0
 
-    @property
-    def _has_trend(self) -> bool:
-        return bool((self.trend_weight > 0).any())
-
-    def _directed_z(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(z along each feature's fault direction, |z| where it has none; whether the z is known)."""
-        level, deviation = self.level[machines, modes], self.deviation[machines, modes]
-        scale = np.maximum(MAD_TO_STD * deviation, self.min_deviation)
-        residual = (x - level) / scale
-        z = np.where(self.direction == 0, np.abs(residual), self.direction * residual)
-        return z, (self.count[machines, modes] >= self.min_count) & ~np.isnan(x)
+    def _directed_z(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray,
+                    columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(z along each feature's fault direction, |z| where it has none; whether the z is known), for all
+        features or only `columns`."""
+        if columns is None:
+            at, columns = (machines, modes), slice(None)
+        else:
+            at = (machines[:, None], modes[:, None], columns)
+        x = x[:, columns]
+        scale = np.maximum(MAD_TO_STD * self.deviation[at], self.min_deviation[columns])
+        residual = (x - self.level[at]) / scale
+        direction = self.direction[columns]
+        z = np.where(direction == 0, np.abs(residual), direction * residual)
+        return z, (self.count[at] >= self.min_count) & ~np.isnan(x)
 
     def _next_trend(self, machines: np.ndarray, modes: np.ndarray, z: np.ndarray, known: np.ndarray) -> np.ndarray:
-        trend = self.trend[machines, modes]
-        moving = known & (self.trend_weight > 0)
-        return np.where(moving, trend + self.trend_alpha * (np.nan_to_num(z) - trend), trend)
+        """The trends of the trended features, moved on by their z [rows x trended features] where known."""
+        trend = self.trend[machines[:, None], modes[:, None], self._trend_columns]
+        return np.where(known, trend + self.trend_alpha * (z - trend), trend)
 
     def learn(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> None:
         """Update the baselines of (`machines`, `modes`) - each pair at most once - with rows `x`."""
