@@ -20,8 +20,9 @@ features: `models.operating_point`, learned from the same windows as the detecto
 2. Otherwise the detector scores it. The `*_residual` features are divided by
    ``sqrt(1 + regression.extrapolation x d2)``, d2 the operating point's squared Mahalanobis distance
    from the ones its regression learned (a fit is least trusted far out). The detector's trends
-   (`models.robust_zscore`) move on with every scored window and restart with each new run of a mode. While the (machine, mode) baseline has learned fewer than
-   `warmup_windows` windows the row is `warming_up` (threshold null, never anomalous).
+   (`models.robust_zscore`) move on with every scored window and restart with each new run of a mode.
+   While the (machine, mode) baseline has learned fewer than `warmup_windows` windows the row is
+   `warming_up` (threshold null, never anomalous).
 3. After warm-up it is anomalous when the score exceeds the machine's adaptive threshold.
 4. It is learned unless anomalous - a fault must not become the new normal - except when the anomaly
    has lasted `alert.relearn_after_windows` windows (then it *is* the new normal, e.g. a replaced part).
