@@ -109,10 +109,8 @@ class OperatingPointRegression:
     def distance(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of operating points `x` from what each stream has learned (0 where a
         regressor is NaN or barely moves: the same ridge as the fit)."""
-        cov_xx = self.cov_xx[machines, modes]
         dx = np.where(np.isnan(x), 0.0, x - self.mean_x[machines, modes])
-        variance = np.diagonal(cov_xx, axis1=1, axis2=2)
-        system = cov_xx + (self.ridge * variance + self.ridge_floor)[:, :, None] * np.eye(self.n_regressors)
+        system = self._ridged_cov_xx(machines, modes)
         return np.einsum("rk,rk->r", dx, np.linalg.solve(system, dx[:, :, None])[:, :, 0])
 
     def learn(self, machines: np.ndarray, modes: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
@@ -133,16 +131,21 @@ class OperatingPointRegression:
         self.cov_xy[machines, modes] = np.where(seen[:, None, :], updated, cov_xy)
         self.count[machines, modes] = count + 1
 
+    def _ridged_cov_xx(self, machines: np.ndarray, modes: np.ndarray) -> np.ndarray:
+        """The regressors' covariance of each stream plus its ridge penalty on the diagonal."""
+        cov_xx = self.cov_xx[machines, modes]
+        penalty = self.ridge * np.diagonal(cov_xx, axis1=1, axis2=2) + self.ridge_floor
+        return cov_xx + penalty[:, :, None] * np.eye(self.n_regressors)
+
     def _slopes(self, machines: np.ndarray, modes: np.ndarray) -> np.ndarray:
-        cov_xx, cov_xy = self.cov_xx[machines, modes], self.cov_xy[machines, modes]
+        cov_xy = self.cov_xy[machines, modes]
         rows, k = len(machines), self.n_regressors
         slopes = np.zeros((rows, k, self.n_targets))
         if rows == 0:
             return slopes
-        variance = np.diagonal(cov_xx, axis1=1, axis2=2)
-        penalty = self.ridge * variance + self.ridge_floor
+        ridged = self._ridged_cov_xx(machines, modes)
         for used, targets in self._groups:
-            system = cov_xx[:, used[:, None], used[None, :]] + penalty[:, used][:, :, None] * np.eye(len(used))
+            system = ridged[:, used[:, None], used[None, :]]
             solved = np.linalg.solve(system, cov_xy[:, used[:, None], targets[None, :]])
             slopes[:, used[:, None], targets[None, :]] = solved
         return slopes
