@@ -219,6 +219,9 @@ def model_quality() -> dict:
     summary = json.loads((RESULTS / "model_quality.json").read_text())
     for row in summary["by_fault"]:
         print(f"  {row['fault']}: F1 {row['f1']}, median delay {row['median_delay_windows']} windows", flush=True)
+        if "median_delay_windows_from_effect" in row:
+            print(f"    from its +5 % point: {row['median_delay_windows_from_effect']} windows "
+                  f"({row['median_delay_s_from_effect']} s)", flush=True)
     print(f"  healthy: {summary['healthy']['false_alarms_per_machine_day']} false alarms per machine-day", flush=True)
     if "bearing_wear_oracle" in summary:
         oracle = summary["bearing_wear_oracle"]

@@ -55,6 +55,8 @@ class Evaluation:
     alerts: int
     per_machine: list[dict] = field(default_factory=list)  # machine_id, events, detected, false_alarms, alerts
     delays_s: dict[str, list[float]] = field(default_factory=dict)  # per fault kind, per detected event
+    # per label row, in the labels' order: its delay in seconds, or None when unjudged or missed
+    event_delays_s: list[float | None] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -108,11 +110,12 @@ def evaluate(scores: pa.Table, labels: pa.Table, *, window_ms: int, grace_window
     false_alarms = sum(false_by_machine.values())
 
     by_fault, delays_by_fault = [], {}
+    event_delays: list[float | None] = [None] * len(events)
     detected_by_machine: dict[str, int] = {}
     for fault in sorted({e[1] for e in events}):
         delays: list[float] = []
         judged = in_warmup = 0
-        for machine, kind, start, end in events:
+        for row, (machine, kind, start, end) in enumerate(events):
             if kind != fault:
                 continue
             if machine not in steady_from or start < steady_from[machine]:
@@ -122,6 +125,7 @@ def evaluate(scores: pa.Table, labels: pa.Table, *, window_ms: int, grace_window
             hits = [a_end for a_start, a_end in alerts_by_machine.get(machine, []) if matches(a_start, a_end, start, end)]
             if hits:
                 delays.append((min(hits) - start) / 1000.0)
+                event_delays[row] = delays[-1]
                 detected_by_machine[machine] = detected_by_machine.get(machine, 0) + 1
         matched = matched_by_fault.get(fault, 0)
         recall = len(delays) / judged if judged else 0.0
@@ -157,6 +161,7 @@ def evaluate(scores: pa.Table, labels: pa.Table, *, window_ms: int, grace_window
         alerts=int(alerted.sum()),
         per_machine=per_machine,
         delays_s=delays_by_fault,
+        event_delays_s=event_delays,
     )
 
 

@@ -68,6 +68,20 @@ def bearing_wear_signature(level: np.ndarray | float, progress: np.ndarray | flo
     return 1.0 + (np.asarray(level) - 1.0) * progress**1.5, 2.0 * progress
 
 
+def bearing_wear_progress_at(level: np.ndarray | float, effect: float) -> np.ndarray:
+    """Progress (0..1) into a bearing-wear event at which its vibration is up by `effect` (0.05: +5 %);
+    1 if the wear never gets there. The inverse of `bearing_wear_signature`'s vibration factor.
+
+    >>> bearing_wear_progress_at(np.array([3.0, 1.02, 1.0]), 0.25).round(4)
+    array([0.25, 1.  , 1.  ])
+    """
+    if not effect > 0:
+        raise ValueError(f"bearing_wear_progress_at: effect must be > 0, got {effect!r}")
+    excess = np.asarray(level, dtype=np.float64) - 1.0
+    ratio = np.divide(effect, excess, out=np.full(excess.shape, np.inf), where=excess > 0)
+    return np.minimum(ratio ** (2.0 / 3.0), 1.0)
+
+
 def parse_faults(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     """`"all"`, `"none"`/`""`/None, or a comma list such as `"overheating,spike"` -> fault kinds."""
     if spec is None:

@@ -15,9 +15,11 @@ from bench.detection_bound import (
     WINDOWS_PER_DAY,
     bound,
     cusum_limit,
+    effect_offsets_s,
     event_shifts,
     median_delay,
 )
+from sim.faults import bearing_wear_signature
 
 
 def _labels(*events: tuple[int, int, str]) -> pa.Table:
@@ -83,3 +85,24 @@ def test_bound_of_a_strong_early_wear_is_short_and_of_a_slow_one_long():
     slow = bound(_labels((5_000, 5_000 + 599_000, "vibration_x2.50")), window_ms=10_000, interval_ms=1000)
     assert fast["median_delay_windows_window"] < slow["median_delay_windows_window"]
     assert fast["threshold_for_median_3_windows"] > slow["threshold_for_median_3_windows"]
+
+
+def test_effect_offset_is_where_the_simulated_wear_reaches_plus_five_percent():
+    # 300 readings of 1 s: the simulator's progress is elapsed / 300 s.
+    labels = _labels((0, 299_000, "vibration_x3.00"), (0, 299_000, "vibration_x1.04"))
+    offsets = effect_offsets_s(labels, interval_ms=1000)
+    factor, _ = bearing_wear_signature(3.0, offsets[0] / 300.0)
+    assert float(factor) == pytest.approx(1.05, rel=1e-12)
+    assert offsets[1] == 300.0  # a wear to x1.04 never gets to +5 %: the event's end
+
+
+def test_bound_measures_from_the_plus_five_percent_point():
+    # A huge wear is caught in its onset window for sure: the alarm is at that window's end, 10 - 4.5 s after
+    # onset; the +5 % point comes (0.05 / 999)^(2/3) x 300 s after onset.
+    start = 1_000_000_000 + 4_500
+    result = bound(_labels((start, start + 299_000, "vibration_x1000")), window_ms=10_000, interval_ms=1000)
+    assert result["median_delay_windows_window"] == 1.0
+    effect_s = (0.05 / 999) ** (2 / 3) * 300
+    assert result["median_effect_s"] == round(effect_s, 1)
+    assert result["median_delay_s_from_effect_window"] == pytest.approx(5.5 - effect_s, abs=0.05)
+    assert result["median_delay_windows_from_effect_window"] == 1.0

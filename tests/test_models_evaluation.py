@@ -62,6 +62,8 @@ def test_hand_counted_case() -> None:
     assert bearing["precision"] == pytest.approx(1 / 4, abs=1e-4) and bearing["recall"] == 1.0
     assert (bearing["median_delay_s"], bearing["median_delay_windows"]) == (130.0, 13.0)
     assert result.delays_s == {"bearing_wear": [130.0], "overheating": [25.0]}
+    # label rows in order: M1 overheating, M1 bearing, M2 (unjudged), M3 in warm-up (unjudged), M3 missed
+    assert result.event_delays_s == [25.0, 130.0, None, None, None]
 
     steady_windows = 98 + 0 + 90
     machine_days = steady_windows * W / 1000 / 86_400
