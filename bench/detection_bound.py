@@ -17,7 +17,8 @@ per 8,640 windows of 10 s) for sensor noise alone:
 
 Delays follow `models.evaluation` exactly: ``ceil((alarm window end - onset) / window)``, 1 being the
 window in which the wear began. The window oracle's delay is also given from the moment the wear has
-raised vibration by `EFFECT` (+5 %), the alternative way of measuring offered to the product owner. `bench.model_quality` runs it on the events of its own bearing-wear runs
+raised vibration by `EFFECT` (+5 %), the alternative way of measuring offered to the product owner.
+`bench.model_quality` runs it on the events of its own bearing-wear runs
 (same seeds, same clock offset), each drawn `draws` times with fresh noise, and reports it beside the
 models' measured delay as ``bearing_wear_oracle``.
 """
@@ -133,9 +134,9 @@ def bound(labels: pa.Table, *, window_ms: int, interval_ms: int, draws: int = 20
     needed = float(np.median(best_by_3))
     # From the +5 % point: the alarm window's end (as evaluated), less the time the wear took to get there.
     first = first_alarms(shifts, rng, draws=draws, limit=window_limit, k=None)
-    onset_in_window_s = np.array([start % window_ms for start, _, _ in bearing_events(labels, interval_ms=interval_ms)])
-    alarm_s = (first * window_ms - onset_in_window_s[None, :]) / 1000.0
-    from_effect_s = alarm_s - effect_offsets_s(labels, interval_ms=interval_ms)[None, :]
+    onset_in_window_ms = np.array([start % window_ms for start, _, _ in bearing_events(labels, interval_ms=interval_ms)])
+    effect_s = effect_offsets_s(labels, interval_ms=interval_ms)
+    from_effect_s = (first * window_ms - onset_in_window_ms[None, :]) / 1000.0 - effect_s[None, :]
     return {
         "events": len(shifts),
         "median_shift_sigma_by_window": [round(float(v), 2) for v in np.median(shifts[:, :6], axis=0)],
@@ -147,7 +148,7 @@ def bound(labels: pa.Table, *, window_ms: int, interval_ms: int, draws: int = 20
         "threshold_for_median_3_windows": round(needed, 2),
         "noise_false_alarms_per_machine_day_at_it": round(WINDOWS_PER_DAY * (1 - NormalDist().cdf(needed)), 1),
         "effect": EFFECT,
-        "median_effect_s": round(float(np.median(effect_offsets_s(labels, interval_ms=interval_ms))), 1),
+        "median_effect_s": round(float(np.median(effect_s)), 1),
         "median_delay_s_from_effect_window": round(float(np.median(from_effect_s)), 1),
         "median_delay_windows_from_effect_window": float(np.median(np.ceil(from_effect_s * 1000 / window_ms))),
     }
