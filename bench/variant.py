@@ -3,11 +3,16 @@
 Reads the recorded fleet file, cuts it into Kafka-like polls (messages spread over partitions by machine,
 each partition read in order, `batch` messages per poll, partitions visited round-robin as a consumer
 does), runs the variant's Bytewax flow on them with `run_main`, writes its window rows to OUT (Parquet,
-timestamps as epoch ms) and prints one JSON line with the measurements.
+timestamps as epoch ms) and prints one JSON line with the measurements. Variants with a recovery store also
+report its size and snapshot costs after the run (`recovery_store`, see `bench.recovery_store`; measuring
+it is not counted in `seconds`). `--sample-store` also samples each epoch's snapshot while the flow runs:
+those reads keep SQLite from restarting its write-ahead log, which then grows, so a sampled run's time and
+size on disk are not the store's own (`python -m bench.variant NAME DATA OUT [--sample-store]`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import tempfile
@@ -26,6 +31,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from bench.per_event import build_per_event_flow
+from bench.recovery_store import StoreSampler, measure_store
 from connectors.lake import LakeSink
 from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
@@ -69,12 +75,16 @@ class KafkaLikePolls:
 
 
 def run_flow(
-    batches: KafkaLikePolls, snapshot_every_s: float | None = None, *, lake: bool = False, recovery: bool = True
+    batches: KafkaLikePolls, snapshot_every_s: float | None = None, *, lake: bool = False, recovery: bool = True,
+    report: dict | None = None, sample_store: bool = False,
 ) -> list[pa.Table]:
     """The project's flow; with `snapshot_every_s`, Bytewax recovery snapshots the state that often.
 
     `lake` adds the live flow's raw-lake sink (a temporary file:// lake, default file thresholds);
-    `recovery=False` keeps the same epochs (the sinks still write at each) without a recovery store."""
+    `recovery=False` keeps the same epochs (the sinks still write at each) without a recovery store.
+    With a recovery store, `report` receives `recovery_store` (its measurement) and `untimed_seconds`
+    (the time that measurement took, which is not part of the flow's run time); `sample_store` adds the size
+    of each epoch's snapshot, read while the flow runs."""
     config = PipelineConfig(
         limits=ValidationLimits(max_event_age_ms=0),  # a recording: its age says nothing about validity
         windows=WindowConfig(window_ms=WINDOW_MS, lateness_ms=LATENESS_MS),
@@ -99,7 +109,17 @@ def run_flow(
             store = Path(directory) / "recovery"
             store.mkdir()
             init_db_dir(store, 1)
-            run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s), recovery_config=RecoveryConfig(store))
+            # Sampled several times per epoch: Bytewax deletes an epoch's snapshots once the next one commits.
+            sampler = StoreSampler(store, interval_s=min(1.0, snapshot_every_s / 4)) if sample_store else None
+            with sampler or contextlib.nullcontext():
+                run_main(flow, epoch_interval=timedelta(seconds=snapshot_every_s),
+                         recovery_config=RecoveryConfig(store))
+            if report is not None:
+                # Reading the store back (unpickling its state) must not count in the flow's time or memory.
+                report["peak_rss_mb_of_run"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                started = time.perf_counter()
+                report["recovery_store"] = measure_store(store, sampler)
+                report["untimed_seconds"] = time.perf_counter() - started
     return out
 
 
@@ -115,23 +135,29 @@ def run_per_event(batches: KafkaLikePolls) -> list[pa.Table]:
 
 
 def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[4:] not in ([], ["--sample-store"]):
+        raise SystemExit("usage: python -m bench.variant NAME DATA OUT [--sample-store]")
     name, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    sample = sys.argv[4:] == ["--sample-store"]
     batches = KafkaLikePolls(data)
     events = batches.events
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runner = {
+    report: dict = {}
+    runners = {
         "flow": run_flow,
         "per_event": run_per_event,
-        "flow_recovery_10s": lambda polls: run_flow(polls, 10.0),
-        "flow_recovery_1s": lambda polls: run_flow(polls, 1.0),
-        # The live flow's stateful parts (windows, rules, raw lake with its carried rows) on a long input.
+        "flow_recovery_10s": lambda polls: run_flow(polls, 10.0, report=report, sample_store=sample),
+        "flow_recovery_1s": lambda polls: run_flow(polls, 1.0, report=report, sample_store=sample),
+        # The live flow's stateful parts (windows, rules, raw-lake sink) on a long input.
         "flow_lake_10s": lambda polls: run_flow(polls, 10.0, lake=True, recovery=False),
-        "flow_lake_recovery_10s": lambda polls: run_flow(polls, 10.0, lake=True),
-    }[name]
+        "flow_lake_recovery_10s": lambda polls: run_flow(polls, 10.0, lake=True, report=report, sample_store=sample),
+    }
+    if name not in runners:
+        raise SystemExit(f"bench.variant: unknown variant {name!r}; known: {', '.join(runners)}")
     started = time.perf_counter()
-    tables = runner(batches)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tables = runners[name](batches)
+    seconds = time.perf_counter() - started - report.pop("untimed_seconds", 0.0)
+    peak = report.pop("peak_rss_mb_of_run", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     result = pa.concat_tables(tables, promote_options="default")
     columns = [c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in result.columns]
     pq.write_table(pa.table(columns, names=result.column_names), out)
@@ -143,6 +169,7 @@ def main() -> None:
         "events_per_s": round(events / seconds),
         "peak_rss_mb": round(peak, 1),
         "rss_after_loading_input_mb": round(rss_before, 1),
+        **report,
     }).decode())
 
 

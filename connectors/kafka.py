@@ -48,6 +48,7 @@ from connectors.topics import (
 )
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
+from plantpulse.stopping import stop_requested
 
 __all__ = [
     "DEADLETTER_HEADERS",
@@ -135,7 +136,8 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
         consumer.assign([TopicPartition(topic, partition, next_offset)])
 
     def next_batch(self) -> list[RawBatch]:
-        if self._eof:
+        if self._eof or stop_requested():
+            # A clean stop ends the input; the offset snapshot still says where to go on (see plantpulse.stopping).
             raise StopIteration()
         msgs = self._consumer.consume(self._batch_size, self._poll_timeout_s)
         if time.monotonic() >= self._lag_due:

@@ -4,26 +4,34 @@ Items are `(f"lake-{kafka_partition}", decoded_readings_table)`; the sink stores
 (the decoder's `raw` column is dropped, `ts` becomes timestamp[ms, UTC]) under `LAKE_URL` in Hive-style
 `dt=YYYY-MM-DD/hour=HH/` directories by event time (see `connectors.lake_store` for the layout).
 
-Exactly once under recovery replay: a partition only buffers in `write_batch`; files are written only in
-`snapshot()` (and `close()`), named `part-{partition:03d}-{seq:010d}.parquet` where `seq` is part of the
-state that `snapshot()` returns. What a sequence holds is decided at that snapshot and recorded in the same
-state, so a replay after a crash rebuilds exactly the sequences that the recovery store did not commit:
+Visibility: a partition buffers rows in `write_batch` and writes them at the end of the same epoch, in
+`snapshot()`, which Bytewax calls for every partition that received items in the epoch (with or without
+recovery). So a reading is in the lake at most one `SNAPSHOT_INTERVAL_SECONDS` (plus the write) after the
+flow read it, whether or not more data follows; `close()` (a clean stop on SIGINT/SIGTERM, or the end of a
+bounded input) writes what arrived since the last snapshot.
+
+Exactly once under recovery replay: files are named `part-{partition:03d}-{seq:010d}.parquet` where `seq`
+is part of the state that `snapshot()` returns, so a replay after a crash rebuilds exactly the sequences
+that the recovery store did not commit:
 
 - before writing sequence N, everything a previous attempt at N wrote (in any dt/hour; its manifest says
   where) is deleted; the manifest is written first, so a crash at any point leaves nothing unlisted;
 - on resume from state s, sequences >= s.seq (written after the committed snapshot, so their rows will be
-  replayed or are carried in s) are deleted before anything else happens.
+  replayed) are deleted before anything else happens - also out of roll-ups and compactions that merged
+  them already (by Kafka partition and offset range, `connectors.lake_compact.drop_compacted_rows`).
 
-File sizes: an hour's rows are carried from snapshot to snapshot - inside the snapshotted state, as
-compressed Arrow IPC - until they reach `LAKE_FILE_MAX_ROWS` or `LAKE_FILE_MAX_BYTES`, or the oldest waited
-`LAKE_FILE_MAX_AGE_SECONDS`; only then are they written, as one file. Carried rows cost recovery-store
-space (each snapshot stores them again), which is why the defaults stay moderate; `plantpulse lake compact`
-merges an hour's files into one afterwards.
+File sizes without a cost in the snapshot: the snapshot holds no rows, only the sequence number and a few
+counters per hour (rows waiting for a file used to be carried inside the snapshot, which made the recovery
+store grow with rate x age). Instead each snapshot writes a small file, and once a partition's small files
+of an hour reach `LAKE_FILE_MAX_ROWS` or `LAKE_FILE_MAX_BYTES`, or the oldest is `LAKE_FILE_MAX_AGE_SECONDS`
+old, the partition rolls them up into one `compacted-pPPP-<digest>.parquet` (the Delta/Iceberg pattern:
+small files first, compaction behind). A failed roll-up is only logged and tried again at a later snapshot:
+the small files are complete on their own. `plantpulse lake compact` merges an hour's files into one.
 
-Memory: a partition holds at most one snapshot interval of new rows plus its carried hours (bounded by the
-thresholds). `max_buffer_rows` only makes a large interval visible (a warning); rows are never dropped. An
-unreachable store is retried with backoff forever inside `snapshot()`/`close()`, which holds the whole flow
-back - Kafka is no longer polled - until it is reachable again.
+Memory: a partition holds at most one snapshot interval of new rows. `max_buffer_rows` only makes a large
+interval visible (a warning); rows are never dropped. An unreachable store is retried with backoff forever
+inside `snapshot()`/`close()`, which holds the whole flow back - Kafka is no longer polled - until it is
+reachable again.
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,59 +47,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from fsspec import AbstractFileSystem
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from connectors import lake_store as store
-from connectors.lake_compact import drop_compacted_rows
+from connectors.lake_compact import drop_compacted_rows, roll_up_partition
 from connectors.lake_read import QUARANTINE_DIR, read_lake, read_quarantine
+from connectors.lake_state import CarriedHour, FileThresholds, LakeState, PendingHour
+from connectors.quarantine import with_original_columns
 from connectors.retry import Backoff
 from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
-__all__ = ["QUARANTINE_DIR", "FileThresholds", "LakeSink", "LakeSinkPartition", "LakeState", "read_lake", "read_quarantine"]
+__all__ = [
+    "QUARANTINE_DIR", "CarriedHour", "FileThresholds", "LakeSink", "LakeSinkPartition", "LakeState", "PendingHour", "read_lake",
+    "read_quarantine",
+]
 
 logger = logging.getLogger("plantpulse.lake")
 
 ROWS_WRITTEN = Counter("plantpulse_lake_rows_written", "Readings written to the raw lake.")
 FILES_WRITTEN = Counter("plantpulse_lake_files_written", "Parquet files written to the raw lake.")
 WRITE_RETRIES = Counter("plantpulse_lake_write_retries", "Failed lake writes that will be retried.")
+ROLL_UPS = Counter("plantpulse_lake_roll_ups", "Roll-ups of a partition's small lake files into one.")
+ROLL_UP_FAILURES = Counter("plantpulse_lake_roll_up_failures", "Failed roll-ups (the small files stay; retried later).")
+SNAPSHOT_SECONDS = Histogram(
+    "plantpulse_lake_snapshot_seconds", "Time a lake partition's snapshot took (writing its files, roll-ups).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 PART_PREFIX = "lake-"
 # Manifests older than this many sequences are deleted as new ones are written: the recovery store never
 # lags that far behind, and the newest one must survive for a fresh start to find the next sequence.
 MANIFESTS_KEPT = 1024
-IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
-
-
-@dataclass(frozen=True)
-class FileThresholds:
-    """When an hour's buffered rows become a file (checked at each snapshot; any one suffices)."""
-
-    max_rows: int = 250_000
-    max_bytes: int = 64 * 2**20
-    max_age_s: float = 120.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FileThresholds:
-        return cls(settings.lake_file_max_rows, settings.lake_file_max_bytes, settings.lake_file_max_age_seconds)
-
-
-@dataclass
-class CarriedHour:
-    """Rows of one event hour kept across snapshots: Arrow IPC streams (lz4), each serialized once."""
-
-    chunks: list[bytes] = field(default_factory=list)
-    rows: int = 0
-    nbytes: int = 0  # uncompressed Arrow size, compared with max_bytes
-    since_s: float = 0.0  # wall-clock time its oldest row was buffered
-
-
-@dataclass
-class LakeState:
-    """A lake partition's snapshot: the next sequence to write and the rows carried to a later file."""
-
-    seq: int
-    carried: dict[int, CarriedHour] = field(default_factory=dict)  # event hour (ms // 3_600_000) -> rows
 
 
 class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
@@ -175,8 +161,8 @@ class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
 
 
 class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
-    """Buffers readings per event hour; at a snapshot, writes the hours that reached a threshold as
-    sequence `seq` and carries the others (in the returned `LakeState`) to a later snapshot."""
+    """Buffers readings per event hour; at each snapshot writes them as sequence `seq` (a small file per
+    hour) and rolls up an hour's small files once they reached a threshold."""
 
     def __init__(
         self,
@@ -209,13 +195,15 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         self.resumed_from = resume_state
         self._backoff = backoff or Backoff()
         self._buffer: dict[int, list[pa.Table]] = {}  # event hour (ms // 3_600_000) -> tables
-        self._buffer_since: dict[int, float] = {}
-        self._carried: dict[int, CarriedHour] = dict(resume_state.carried) if resume_state is not None else {}
+        self._pending: dict[int, PendingHour] = dict(getattr(resume_state, "pending", None) or {})
+        # Roll-ups merge readings only: the quarantine is small, and compaction only knows the reading schema.
+        self._rolls_up = schema.equals(READING_ARROW_SCHEMA)
         self.buffered_rows = 0
         self._over_limit_warned = False
         # Counters for tests and operators (the Prometheus metrics aggregate all partitions).
         self.rows_written = 0
         self.files_written = 0
+        self.roll_ups = 0
         self.retries = 0
         if resume_state is None and first_seq_file is not None and first_seq_file.exists():
             # The recovery store has no commit yet, but this store started before at a known sequence:
@@ -234,6 +222,10 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         else:
             self.seq = resume_state.seq
             self._retrying("drop uncommitted sequences", self._drop_uncommitted)
+            # Rows an earlier release carried in its snapshot: committed, in no file yet, written at the
+            # next snapshot like any buffered rows.
+            for carried in (getattr(resume_state, "carried", None) or {}).values():
+                self.write_batch([_from_ipc(chunk) for chunk in carried.chunks])
 
     # --- called by the Bytewax worker ---
 
@@ -245,7 +237,6 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
             hours = rows[self.time_column].cast(pa.int64()).to_numpy() // store.MS_PER_HOUR
             for hour in np.unique(hours).tolist():
                 self._buffer.setdefault(hour, []).append(rows.filter(pa.array(hours == hour)))
-                self._buffer_since.setdefault(hour, self.clock())
             self.buffered_rows += rows.num_rows
         if self.buffered_rows > self.max_buffer_rows and not self._over_limit_warned:
             # Writing now would give these rows a sequence that a replay cannot reproduce, so keep them.
@@ -257,53 +248,56 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
             )
 
     def snapshot(self) -> LakeState:
+        started = time.perf_counter()
         now = self.clock()
-        due = [hour for hour in sorted(set(self._buffer) | set(self._carried)) if self._is_due(hour, now)]
-        self._flush(due)
-        self._carry(now)
-        return LakeState(self.seq, dict(self._carried))
+        self._flush(now)
+        if self._rolls_up:
+            for hour in [h for h, pending in self._pending.items() if self._is_due(pending, now)]:
+                self._roll_up(hour)
+        SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+        return LakeState(self.seq, pending=dict(self._pending))
 
     def close(self) -> None:
         # Rows after the last snapshot: if no snapshot follows, a rerun resumes before them and rewrites
         # this same sequence, so writing them is safe and keeps a clean shutdown from losing them.
-        self._flush(sorted(set(self._buffer) | set(self._carried)))
+        self._flush(self.clock())
 
     @property
-    def carried_rows(self) -> int:
-        return sum(c.rows for c in self._carried.values())
+    def pending_files(self) -> int:
+        """Small files of this partition that wait for a roll-up."""
+        return sum(p.files for p in self._pending.values())
 
     # --- internals ---
 
     def _conform(self, table: Any) -> pa.Table:
         if not isinstance(table, pa.Table):
             raise TypeError(f"{self.name}: expected a pyarrow.Table of decoded readings, got {type(table).__name__}")
+        if self.schema.equals(QUARANTINE_ARROW_SCHEMA):
+            table = with_original_columns(table)  # rows of releases before the original_* columns
         try:
             return table.select(self.schema.names).cast(self.schema)
         except (KeyError, pa.ArrowException) as exc:
             raise ValueError(f"{self.name}: table does not fit the lake schema ({_schema_name(self.schema)}): {exc}") from exc
 
-    def _is_due(self, hour: int, now: float) -> bool:
-        carried = self._carried.get(hour, CarriedHour(since_s=now))
-        new = self._buffer.get(hour, [])
-        rows = carried.rows + sum(t.num_rows for t in new)
-        nbytes = carried.nbytes + sum(t.nbytes for t in new)
-        # Carried rows are older than anything buffered since the last snapshot.
-        since = carried.since_s if carried.rows else self._buffer_since.get(hour, now)
+    def _is_due(self, pending: PendingHour, now: float) -> bool:
         limits = self.thresholds
-        return rows >= limits.max_rows or nbytes >= limits.max_bytes or now - since >= limits.max_age_s
+        # A single small file is already as merged as it gets: rolling it up would only rewrite it.
+        return pending.files >= 2 and (
+            pending.rows >= limits.max_rows or pending.nbytes >= limits.max_bytes or now - pending.since_s >= limits.max_age_s
+        )
 
-    def _flush(self, hours: list[int]) -> None:
-        """Write `hours` (carried and new rows) as sequence `self.seq`, retrying forever; advance the sequence."""
-        if not hours:
+    def _flush(self, now: float) -> None:
+        """Write every buffered row as sequence `self.seq` (a file per event hour), retrying forever."""
+        if not self._buffer:
             return
         # Serialized once, outside the retry loop: only the store is retried, never the data.
         files: dict[str, bytes] = {}
         rows = 0
-        for hour in hours:
-            carried = self._carried.get(hour)
-            tables = [_from_ipc(chunk) for chunk in carried.chunks] if carried else []
-            data = pa.concat_tables(tables + self._buffer.get(hour, []))
+        written: dict[int, tuple[int, int]] = {}
+        for hour, tables in sorted(self._buffer.items()):
+            data = pa.concat_tables(tables)
             rows += data.num_rows
+            written[hour] = (data.num_rows, data.nbytes)
             sink = pa.BufferOutputStream()
             pq.write_table(data, sink, compression="zstd")
             path = store.hour_dir(self.root, hour) + "/" + store.file_name(self.partition, self.seq)
@@ -313,30 +307,29 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         self.files_written += len(files)
         ROWS_WRITTEN.inc(rows)
         FILES_WRITTEN.inc(len(files))
-        for hour in hours:
-            self._carried.pop(hour, None)
-            self._buffer_since.pop(hour, None)
-            self.buffered_rows -= sum(t.num_rows for t in self._buffer.pop(hour, []))
-        self.seq += 1
-
-    def _carry(self, now: float) -> None:
-        """Move the rows still buffered into the carried state (one IPC chunk per hour and snapshot)."""
-        for hour, tables in self._buffer.items():
-            data = pa.concat_tables(tables)
-            carried = self._carried.get(hour)
-            if carried is None:
-                carried = CarriedHour(since_s=self._buffer_since.get(hour, now))
-            else:
-                # A new object: an earlier snapshot's state may still be referenced and must not change.
-                carried = CarriedHour(list(carried.chunks), carried.rows, carried.nbytes, carried.since_s)
-            carried.chunks.append(_to_ipc(data))
-            carried.rows += data.num_rows
-            carried.nbytes += data.nbytes
-            self._carried[hour] = carried
+        for hour, (hour_rows, nbytes) in written.items():
+            before = self._pending.get(hour, PendingHour(since_s=now))
+            self._pending[hour] = PendingHour(before.files + 1, before.rows + hour_rows, before.nbytes + nbytes, before.since_s)
         self._buffer.clear()
-        self._buffer_since.clear()
         self.buffered_rows = 0
         self._over_limit_warned = False
+        self.seq += 1
+
+    def _roll_up(self, hour: int) -> None:
+        """Merge this partition's small files of `hour`; on failure keep them (complete on their own) and
+        try again at a later snapshot rather than hold the flow back for a tidier layout."""
+        directory = store.hour_dir(self.root, hour)
+        try:
+            result = roll_up_partition(self.fs, directory, self.partition)
+        except Exception as exc:  # noqa: BLE001 - any store failure; nothing is lost, the small files stay
+            ROLL_UP_FAILURES.inc()
+            logger.warning("%s: roll-up of %s failed, keeping its small files for now: %s",
+                           self.name, directory, _one_line(exc))
+            return
+        self._pending.pop(hour, None)
+        if result.output is not None:
+            self.roll_ups += 1
+            ROLL_UPS.inc()
 
     def _write_seq(self, seq: int, files: dict[str, bytes]) -> None:
         """Replace whatever sequence `seq` of this partition holds by `files`. Idempotent, so retried whole."""
@@ -396,13 +389,6 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
             logger.info("%s: %s succeeded after %d attempts", self.name, what, attempt)
         self._backoff.reset()
         return result
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=IPC_OPTIONS) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def _from_ipc(chunk: bytes) -> pa.Table:

@@ -13,6 +13,9 @@ A crash between 2 and 3 leaves both; `connectors.lake_read` skips files that a c
 our readers never see a reading twice or miss one, and the next run finishes step 3. Running it again on a
 compacted hour changes nothing; late files that arrived since are merged with the compacted file.
 
+`roll_up_partition` is the live sink's own, smaller version: at a snapshot, one partition merges its small
+per-snapshot files of an hour into `compacted-pPPP-<digest>.parquet`, with the same provenance metadata.
+
 Exactly-once with the live sink: a sink that resumes from a snapshot deletes the files of uncommitted
 sequences. If compaction has already merged such a file, `drop_compacted_rows` removes its rows from the
 compacted file instead (by its partition and offset range), so replayed rows are not doubled. Hours still
@@ -70,17 +73,44 @@ def compact_hour(fs: AbstractFileSystem, root: str, hour_bucket: int, *, now_s: 
         note = "finished an interrupted run" if leftovers else "already compact"
         return CompactionResult(directory, len(present), 1, pq.read_metadata(fs.open(live[0])).num_rows, None, note)
 
+    output, rows = _merge(fs, directory, live, COMPACTED_PREFIX)
+    store.remove_quietly(fs, leftovers + [p for p in live if p != output])
+    return CompactionResult(directory, len(present), 1, rows, output, "compacted")
+
+
+def roll_up_partition(fs: AbstractFileSystem, directory: str, partition: int) -> CompactionResult:
+    """Merge the small per-snapshot files of one sink `partition` in an hour `directory` into one file.
+
+    The live sink's own, smaller compaction: it touches only that partition's plain sequence files (never
+    another partition's, nor earlier roll-ups, so its cost is what was written since the last roll-up), and
+    it needs no minimum age because the file it writes records each merged file's Kafka offset range, which
+    is what lets a resumed sink take an uncommitted sequence back out (`drop_compacted_rows`).
+    """
+    present = store.list_data_files(fs, directory)
+    replaced = superseded_files(fs, present)
+    own = [p for p in present if store.partition_of(p) == partition]
+    leftovers = [p for p in own if posixpath.basename(p) in replaced]
+    small = [p for p in own if posixpath.basename(p) not in replaced]
+    if len(small) < 2:
+        store.remove_quietly(fs, leftovers)
+        return CompactionResult(directory, len(own), len(small), 0, None, "nothing to roll up")
+    output, rows = _merge(fs, directory, small, f"{COMPACTED_PREFIX}p{partition:03d}-")
+    store.remove_quietly(fs, leftovers + small)
+    return CompactionResult(directory, len(own), 1, rows, output, "rolled up")
+
+
+def _merge(fs: AbstractFileSystem, directory: str, files: list[str], prefix: str) -> tuple[str, int]:
+    """Write `files` merged and sorted as `<prefix><digest>.parquet` in one atomic step; (its path, rows)."""
     tables, replaces = [], []
-    for path in live:
+    for path in files:
         table = _read_file(fs, path)
         tables.append(table)
         replaces.extend(_provenance(fs, path, table))
     merged = pa.concat_tables(tables).sort_by(SORT_KEYS)
-    digest = hashlib.sha1("\n".join(sorted(posixpath.basename(p) for p in live)).encode()).hexdigest()[:16]
-    output = posixpath.join(directory, f"{COMPACTED_PREFIX}{digest}.parquet")
+    digest = hashlib.sha1("\n".join(sorted(posixpath.basename(p) for p in files)).encode()).hexdigest()[:16]
+    output = posixpath.join(directory, f"{prefix}{digest}.parquet")
     store.put_bytes(fs, output, _parquet_bytes(merged, replaces))
-    store.remove_quietly(fs, leftovers + [p for p in live if p != output])
-    return CompactionResult(directory, len(present), 1, merged.num_rows, output, "compacted")
+    return output, merged.num_rows
 
 
 def compact_date(

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
 from flows.window_state import ShardWindows, WindowOutput, shard_index, shard_key
+from plantpulse.stopping import stop_requested
 
 TICK = timedelta(seconds=1)
 # Closing windows after every small batch would emit many tiny tables; closing at most this often keeps
@@ -93,6 +94,10 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
         return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[WindowOutput], bool]:
+        if stop_requested():
+            # A clean stop, not the end of the stream: open windows stay in the snapshot and close after the
+            # restart, when their remaining readings arrive.
+            return [], StatefulBatchLogic.RETAIN
         # A bounded input (replay, benchmark, test) has ended: every open window is complete.
         output = self.windows.close(self._now(), flush_all=True)
         return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
