@@ -10,6 +10,10 @@ READINGS_RECEIVED = Counter("plantpulse_readings_received_total", "Messages pull
 READINGS_ACCEPTED = Counter("plantpulse_readings_accepted_total", "Valid, non-duplicate, on-time readings.")
 DEAD_LETTERS = Counter("plantpulse_dead_letters_total", "Messages sent to the dead-letter topic.", ["reason"])
 DUPLICATES = Counter("plantpulse_duplicates_total", "Readings dropped as duplicates of (machine, seq).")
+# Fleet-wide (a machine label would make one series per machine); per machine: machine_state.seq_resets.
+SEQ_RESETS = Counter(
+    "plantpulse_seq_resets_total", "Sequence counters found restarted (reboot, firmware update): new sequence epochs."
+)
 WINDOWS_EMITTED = Counter("plantpulse_windows_emitted_total", "Closed (machine, window) rows emitted.")
 ALERTS_RAISED = Counter("plantpulse_alerts_total", "Alerts raised.", ["severity"])
 STALE_MACHINES = Counter("plantpulse_stale_transitions_total", "Machines that turned stale.")

@@ -162,6 +162,7 @@ def _anomaly_alerts(scored: ScoredWindows) -> pa.Table | None:
 def _count(output: WindowOutput) -> WindowOutput:
     metrics.READINGS_ACCEPTED.inc(output.accepted)
     metrics.DUPLICATES.inc(output.duplicates)
+    metrics.SEQ_RESETS.inc(output.seq_resets)
     if output.dead_letters:
         metrics.DEAD_LETTERS.labels("late").inc(len(output.dead_letters))
     if output.window_stats is not None:

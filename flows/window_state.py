@@ -10,12 +10,14 @@ batch instead of one per reading. Windows, watermarks, duplicates and lateness a
   its open window emitted);
 - a reading for a window that is already closed is late: it goes to the dead-letter stream, reason `late`;
 - a reading whose (machine, seq) was seen among the machine's last `dedup_seq_window` sequence numbers is
-  a duplicate: dropped and counted;
+  a duplicate: dropped and counted; a device whose sequence counter restarted begins a new sequence
+  epoch instead (`flows.sequence_epochs`);
 - a machine silent for `stale_after` seconds (wall clock, or event time relative to its shard) turns `stale`.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -25,9 +27,11 @@ import pyarrow.compute as pc
 
 from flows.decode import LATE, DeadLetter
 from flows.rules import RuleCarry, ThresholdRule, evaluate_rules
+from flows.sequence_epochs import SequenceEpochs, running_max_before
 from flows.window_stats import ClosedReadings, Groups, window_stats_table
-from plantpulse.schema import MACHINE_STATE_ARROW_SCHEMA, MAX_SEQ, SENSORS, STATUSES
+from plantpulse.schema import MACHINE_STATE_ARROW_SCHEMA, SENSORS, STATUSES
 
+logger = logging.getLogger("plantpulse.windows")
 _NEVER = np.iinfo(np.int64).min // 4
 _STATUS_SET = pa.array(STATUSES)
 
@@ -39,6 +43,12 @@ def shard_index(machine_id: str, shards: int) -> int:
 
 def shard_key(index: int) -> str:
     return f"shard-{index:04d}"
+
+
+def _rule_key(rule: ThresholdRule) -> tuple[str, str]:
+    """(id, definition): a rule's breach runs carry over a restart only to a rule with the same key."""
+    types = None if rule.machine_types is None else sorted(rule.machine_types)
+    return rule.id, repr((rule.sensor, rule.op, rule.threshold, rule.for_seconds, rule.severity, types))
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class WindowOutput:
     dead_letters: list[DeadLetter] | None = None
     duplicates: int = 0
     accepted: int = 0
+    seq_resets: int = 0  # sequence counters found restarted (see flows.sequence_epochs)
 
 
 class ShardWindows:
@@ -77,9 +88,10 @@ class ShardWindows:
         self.closed_until = np.zeros(0, dtype=np.int64)  # windows ending at or before this are emitted
         self.last_arrival_s = np.zeros(0)  # wall clock of the machine's latest accepted reading
         self.stale = np.zeros(0, dtype=bool)
-        self.seen_generation = np.zeros((0, config.dedup_seq_window), dtype=np.uint32)
+        self.epochs = SequenceEpochs(config.dedup_seq_window)  # duplicate memory and sequence resets
         self.last_state = _LastState()  # latest machine_state values per machine, for stale markers
         self.carry = RuleCarry(len(rules))
+        self.rule_keys = [_rule_key(rule) for rule in rules]  # which rule each carry column belongs to
         self.stream_max_ts = _NEVER
         self.buffer: list[dict[str, np.ndarray]] = []
 
@@ -89,22 +101,46 @@ class ShardWindows:
         return {k: v for k, v in self.__dict__.items() if k not in ("rules", "type_of", "config", "_ids_array")}
 
     def restore(self, state: dict, now_s: float) -> None:
-        """Load snapshotted state. Arrival times restart at `now_s`: the time the process was down is not
-        silence of the machines, and must not idle-close windows whose readings Kafka is about to replay."""
+        """Load snapshotted state under the current configuration (window settings, rules, fleet).
+
+        Arrival times restart at `now_s`: the time the process was down is not silence of the machines, and
+        must not idle-close windows whose readings Kafka is about to replay. Snapshots of earlier versions
+        restore too (their missing parts start empty)."""
+        rule_keys = self.rule_keys
         self.__dict__.update(state)
         self._ids_array = None
         self.last_arrival_s[:] = now_s
-        self.carry_check()
+        if "seen_generation" in state:  # from before sequence epochs: the duplicate memory alone
+            self.epochs = SequenceEpochs.from_memory(self.__dict__.pop("seen_generation"))
+        self.epochs.fit(self.config.dedup_seq_window, len(self.max_ts))
+        self.last_state.add_missing_columns()
+        self._adopt_rules(state.get("rule_keys"), rule_keys)
 
     def pause(self, seconds: float) -> None:
         """The flow itself stood still for `seconds` (a sink holding it back, a long GC): readings waited in
         Kafka, so that time is not silence of the machines. Arrival clocks move on by it."""
         self.last_arrival_s += seconds
 
-    def carry_check(self) -> None:
-        if self.carry.seconds.shape[1] != len(self.rules):
-            self.carry = RuleCarry(len(self.rules))  # the rule set changed: start breach runs afresh
-            self.carry.grow(len(self.ids))
+    def _adopt_rules(self, snapshot_keys: list[tuple[str, str]] | None, keys: list[tuple[str, str]]) -> None:
+        """Carry breach runs over rule by rule: a rule whose definition changed (or that is new) starts its
+        runs afresh; the runs of removed rules are dropped; the others continue, wherever the rule now is."""
+        if snapshot_keys is None:  # a snapshot from before rule keys: trusted if the number of rules matches
+            snapshot_keys = keys if self.carry.seconds.shape[1] == len(keys) else []
+        old, column = self.carry, {key: j for j, key in enumerate(snapshot_keys)}
+        self.carry = RuleCarry(len(keys))
+        self.carry.grow(max(len(old.window_end), len(self.max_ts)))
+        self.carry.window_end[: len(old.window_end)] = old.window_end
+        for r, key in enumerate(keys):
+            if key in column:
+                self.carry.seconds[: len(old.window_end), r] = old.seconds[:, column[key]]
+        self.rule_keys = keys
+        fresh = [key[0] for key in keys if key not in column]
+        removed = [key[0] for key in set(snapshot_keys) - set(keys)]
+        if (fresh or removed) and self.ids:
+            logger.info(
+                "threshold rules changed since the snapshot (%d machines): breach runs start afresh for %s, "
+                "dropped for %s", len(self.ids), fresh or "none", removed or "none",
+            )
 
     # -- input ---------------------------------------------------------------------------------
     def add(self, table: pa.Table, now_s: float) -> WindowOutput:
@@ -114,33 +150,28 @@ class ShardWindows:
         seq = table["seq"].to_numpy()
         n = len(ts)
         window_ms = self.config.window_ms
-
-        slot = seq % self.config.dedup_seq_window
-        generation = (seq // self.config.dedup_seq_window + 1).astype(np.uint32)
-        duplicate = self.seen_generation[midx, slot] == generation
-        pair = midx.astype(np.int64) * MAX_SEQ + seq
-        _, first = np.unique(pair, return_index=True)
-        repeated_in_batch = np.ones(n, dtype=bool)
-        repeated_in_batch[first] = False
-        duplicate |= repeated_in_batch
-
         ws = ts - ts % window_ms
         # Late is decided by event time alone: the window's end plus the allowed lateness has been passed by
         # the machine's newest reading before this one (even within this batch), or the window was closed
         # by idleness. So the outcome does not depend on batch boundaries or on when windows are emitted.
-        newest_before = np.maximum(self.max_ts[midx], _running_max_before(midx, ts))
-        late = ~duplicate & (
-            (ws + window_ms + self.config.lateness_ms <= newest_before) | (ws + window_ms <= self.closed_until[midx])
+        order = np.argsort(midx, kind="stable")
+        newest_before = np.maximum(self.max_ts[midx], running_max_before(midx, ts, order))
+        window_late = (ws + window_ms + self.config.lateness_ms <= newest_before) | (
+            ws + window_ms <= self.closed_until[midx]
         )
+        # Duplicates, and readings older than a sequence reset of their machine, are decided by the epochs.
+        verdict = self.epochs.judge(midx, seq, ts, newest_before, window_late, order)
+        duplicate, late = verdict.duplicate, verdict.late
         accept = ~duplicate & ~late
-        output = WindowOutput(duplicates=int(duplicate.sum()), accepted=int(accept.sum()))
+        output = WindowOutput(duplicates=int(duplicate.sum()), accepted=int(accept.sum()), seq_resets=verdict.resets)
         if late.any():
-            output.dead_letters = _late_letters(table, np.flatnonzero(late), self.closed_until[midx])
+            rows = np.flatnonzero(late)
+            reset_at = np.where(window_late[rows], _NEVER, self.epochs.epoch_start[midx[rows]])
+            output.dead_letters = _late_letters(table, rows, self.closed_until[midx], reset_at)
 
         if output.accepted:
             keep = np.flatnonzero(accept) if output.accepted < n else slice(None)
             kept_midx, kept_ts = midx[keep], ts[keep]
-            self.seen_generation[kept_midx, slot[keep]] = generation[keep]
             np.maximum.at(self.max_ts, kept_midx, kept_ts)
             self.last_arrival_s[kept_midx] = now_s
             self.stream_max_ts = max(self.stream_max_ts, int(kept_ts.max()))
@@ -187,9 +218,7 @@ class ShardWindows:
         self.closed_until = np.concatenate((self.closed_until, np.full(extra, _NEVER, dtype=np.int64)))
         self.last_arrival_s = np.concatenate((self.last_arrival_s, np.zeros(extra)))
         self.stale = np.concatenate((self.stale, np.zeros(extra, dtype=bool)))
-        self.seen_generation = np.vstack(
-            (self.seen_generation, np.zeros((extra, self.config.dedup_seq_window), dtype=np.uint32))
-        )
+        self.epochs.grow(size)
         self.carry.grow(size)
 
     # -- closing -------------------------------------------------------------------------------
@@ -245,6 +274,7 @@ class ShardWindows:
         newest = np.ones(len(groups_midx), dtype=bool)
         newest[:-1] = groups_midx[1:] != groups_midx[:-1]
         latest = stats.take(pa.array(np.flatnonzero(newest)))
+        machines = groups_midx[newest]
         state = pa.table(
             {
                 "machine_id": latest["machine_id"],
@@ -255,10 +285,11 @@ class ShardWindows:
                 "status": latest["status_last"],
                 "state": pa.array(np.full(latest.num_rows, "ok", dtype=object), pa.string()),
                 "updated_at": _timestamps(np.full(latest.num_rows, emitted_at)),
+                # Resets counted so far, including those of readings in windows still open.
+                "seq_resets": self.epochs.resets[machines].astype(np.uint32),
             },
             schema=MACHINE_STATE_ARROW_SCHEMA,
         )
-        machines = groups_midx[newest]
         self.last_state.update(machines, state, len(self.ids))
         self.stale[machines] = False
         return state
@@ -272,7 +303,7 @@ class ShardWindows:
         if not len(turning):
             return None
         self.stale[turning] = True
-        return self.last_state.rows(turning, "stale", int(now_s * 1000))
+        return self.last_state.rows(turning, "stale", int(now_s * 1000), self.epochs.resets[turning])
 
     def _consolidate(self) -> None:
         if len(self.buffer) > 1:
@@ -281,23 +312,6 @@ class ShardWindows:
     @property
     def open_readings(self) -> int:
         return sum(len(c["ts"]) for c in self.buffer)
-
-
-def _running_max_before(midx: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Per row: the largest `ts` of earlier rows of the same machine in this batch (or _NEVER)."""
-    n = len(ts)
-    order = np.lexsort((np.arange(n), midx))
-    machines, times = midx[order].astype(np.int64), ts[order]
-    base = int(times.min()) if n else 0
-    # Offsetting each machine's times into its own range lets one running maximum serve all machines.
-    span = 1 << 44
-    running = np.maximum.accumulate(machines * span + (times - base)) - machines * span + base
-    before = np.full(n, _NEVER, dtype=np.int64)
-    same_machine = machines[1:] == machines[:-1]
-    before[1:][same_machine] = running[:-1][same_machine]
-    result = np.empty(n, dtype=np.int64)
-    result[order] = before
-    return result
 
 
 def _take(rows: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -314,19 +328,27 @@ def _timestamps(ms: np.ndarray) -> pa.Array:
     return pa.array(ms, pa.int64()).cast(pa.timestamp("ms", "UTC"))
 
 
-def _late_letters(table: pa.Table, rows: np.ndarray, closed_until: np.ndarray) -> list[DeadLetter]:
+def _late_letters(
+    table: pa.Table, rows: np.ndarray, closed_until: np.ndarray, reset_at: np.ndarray
+) -> list[DeadLetter]:
+    """`reset_at`: per late row, the start of the sequence epoch it precedes, or _NEVER (its window closed)."""
     picked = table.select(["raw", "machine_id", "ts", "kafka_partition", "kafka_offset"]).take(pa.array(rows))
     return [
         DeadLetter(
             value=row["raw"],
             key=row["machine_id"].encode(),
             reason=LATE,
-            detail=f"ts={row['ts']} falls in a window already closed (windows through {until} are emitted)",
+            detail=(
+                f"ts={row['ts']} falls in a window already closed (windows through {until} are emitted)"
+                if reset == _NEVER
+                else f"ts={row['ts']} precedes its machine's sequence reset at ts={reset} (a re-sent or delayed "
+                "reading of the previous sequence epoch)"
+            ),
             topic="",
             partition=row["kafka_partition"],
             offset=row["kafka_offset"],
         )
-        for row, until in zip(picked.to_pylist(), closed_until[rows].tolist())
+        for row, until, reset in zip(picked.to_pylist(), closed_until[rows].tolist(), reset_at.tolist())
     ]
 
 
@@ -351,8 +373,19 @@ class _LastState:
         known[: len(self.rows_of)] = self.rows_of[:n_machines] >= 0
         return known
 
-    def rows(self, machines: np.ndarray, state: str, updated_at_ms: int) -> pa.Table:
+    def add_missing_columns(self) -> None:
+        """A snapshot's table from before `seq_resets` was a column: zero until the next window closes."""
+        if "seq_resets" not in self.table.column_names:
+            self.table = self.table.append_column(
+                MACHINE_STATE_ARROW_SCHEMA.field("seq_resets"), pa.array(np.zeros(self.table.num_rows, np.uint32))
+            )
+
+    def rows(self, machines: np.ndarray, state: str, updated_at_ms: int, seq_resets: np.ndarray) -> pa.Table:
         picked = self.table.take(pa.array(self.rows_of[machines]))
+        picked = picked.set_column(
+            picked.schema.get_field_index("seq_resets"), MACHINE_STATE_ARROW_SCHEMA.field("seq_resets"),
+            pa.array(seq_resets.astype(np.uint32)),
+        )
         picked = picked.set_column(
             picked.schema.get_field_index("state"), "state", pa.array([state] * len(machines), pa.string())
         )

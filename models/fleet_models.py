@@ -6,7 +6,8 @@ adaptive threshold, warm-up counters, a little history (previous window's temper
 mode's reference temperature) and the alerting state. Each `score` call takes a table of closed windows;
 each machine's windows must come in window order (the flow emits them so). A machine's outcome depends
 only on its own windows, so how machines are spread over shards, workers or calls does not matter, and
-the whole object pickles into a Bytewax snapshot and continues exactly where it stopped.
+the whole object pickles into a Bytewax snapshot and continues exactly where it stopped (`adopt_specs`
+then puts the current spec file in place of the pickled one, resetting only machines whose spec changed).
 
 Per window (features: see `models.features`; the operating-point regressions behind the `*_residual`
 features: `models.operating_point`, learned from the same windows as the detector):
@@ -60,6 +61,7 @@ from models.half_space_trees import HalfSpaceTreesFleet
 from models.operating_point import OperatingPointRegression
 from models.robust_zscore import RobustZScore
 from models.spec import ModelSpec, ModelSpecs
+from models.spec_changes import adopt_specs, spec_fingerprint
 from models.threshold import AdaptiveThreshold
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
@@ -108,6 +110,7 @@ class _Group:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self.fingerprint = spec_fingerprint(spec)  # what this group's state was learned under (see adopt_specs)
         self.ids: list[str] = []
         if spec.detector == "robust_zscore":
             self.detector: RobustZScore | HalfSpaceTreesFleet = RobustZScore(
@@ -258,6 +261,7 @@ class FleetModels:
         self.specs = specs
         self.groups: dict[str, _Group] = {}
         self.where: dict[str, tuple[str, int]] = {}  # machine_id -> (spec name, local index)
+        self.types: dict[str, str] = {}  # machine_id -> machine type, to place it again under changed specs
 
     def score(self, window_stats: pa.Table, now_ms: int) -> ScoredWindows:
         """Score `window_stats` rows (WINDOW_STATS_ARROW_SCHEMA); learn from them; raise alerts.
@@ -298,6 +302,11 @@ class FleetModels:
         if group is None:
             group = self.groups[spec.name] = _Group(spec)
         self.where[machine_id] = (spec.name, group.add(machine_id))
+        self.types[machine_id] = machine_type
+
+    def adopt_specs(self, specs: ModelSpecs) -> dict[str, int]:
+        """Continue under `specs`, the spec file read at this start: see `models.spec_changes.adopt_specs`."""
+        return adopt_specs(self, specs)
 
     def _outputs(self, table: pa.Table, ids: list[str], names: list[str], now_ms: int, out: _Outputs) -> ScoredWindows:
         n = len(ids)

@@ -137,7 +137,8 @@ ALERT_ARROW_SCHEMA = pa.schema(
     ]
 )
 
-# Latest known state per machine; `state` is "ok" or "stale" (silent for longer than STALE_AFTER_SECONDS).
+# Latest known state per machine; `state` is "ok" or "stale" (silent for longer than STALE_AFTER_SECONDS);
+# `seq_resets` counts the machine's sequence counter restarts so far (added in issue 12, hence last).
 MACHINE_STATE_ARROW_SCHEMA = pa.schema(
     [
         pa.field("machine_id", pa.string(), nullable=False),
@@ -148,6 +149,7 @@ MACHINE_STATE_ARROW_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("state", pa.string(), nullable=False),
         _ts_field("updated_at"),
+        pa.field("seq_resets", pa.uint32(), nullable=False),
     ]
 )
 
@@ -172,7 +174,10 @@ ANOMALY_SCORE_ARROW_SCHEMA = pa.schema(
     ]
 )
 
-# A rejected message as kept in the lake's `quarantine/` prefix: the original bytes and why.
+# A rejected message as kept in the lake's `quarantine/` prefix: the original bytes and why. `value` is
+# the original whole up to QUARANTINE_MAX_VALUE_BYTES, else its prefix; `original_bytes` and
+# `original_sha256` always describe the whole original (so `original_bytes > length(value)` means cut).
+# Both were added in issue 12, at the end so older files keep their column order.
 QUARANTINE_ARROW_SCHEMA = pa.schema(
     [
         pa.field("value", pa.binary(), nullable=False),
@@ -183,6 +188,8 @@ QUARANTINE_ARROW_SCHEMA = pa.schema(
         pa.field("source_partition", pa.int32(), nullable=False),
         pa.field("source_offset", pa.int64(), nullable=False),
         pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("original_bytes", pa.int64(), nullable=False),
+        pa.field("original_sha256", pa.string(), nullable=False),
     ]
 )
 

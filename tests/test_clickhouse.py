@@ -152,6 +152,7 @@ def state_row(machine_id: str, last_ts: datetime, updated_at: datetime, state: s
         "status": "running",
         "state": state,
         "updated_at": updated_at,
+        "seq_resets": 0,
     }
 
 
@@ -196,7 +197,7 @@ class FlakyInserts:
 def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Settings) -> None:
     database = settings.clickhouse_database
     packaged = [m.version for m in load_migrations()]
-    assert packaged == [1, 2, 3]  # 001_init, 002_hourly_rollup, 003_anomaly_scores
+    assert packaged == [1, 2, 3, 4]  # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets
     assert apply_schema(engine, database) == packaged
     assert apply_schema(engine, database) == []
     versions = engine.query(f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version").result_rows
