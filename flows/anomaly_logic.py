@@ -9,13 +9,13 @@ changed start afresh (`FleetModels.adopt_specs`), the others keep their learned 
 from __future__ import annotations
 
 import logging
-import pickle
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 from bytewax.operators import StatefulBatchLogic
 
+from flows import snapshots
 from models.fleet_models import FleetModels, ScoredWindows
 
 logger = logging.getLogger("plantpulse.anomaly")
@@ -34,7 +34,7 @@ class AnomalyLogic(StatefulBatchLogic[pa.Table, ScoredWindows, bytes]):
     ) -> AnomalyLogic:
         if snapshot is None:
             return cls(fresh(), clock)
-        models: FleetModels = pickle.loads(snapshot)
+        models: FleetModels = snapshots.unpack(snapshot)
         reset = models.adopt_specs(fresh().specs)  # configuration from the file, state from the snapshot
         if reset:
             logger.info(
@@ -48,4 +48,4 @@ class AnomalyLogic(StatefulBatchLogic[pa.Table, ScoredWindows, bytes]):
         return [self.models.score(table, now_ms) for table in values if table.num_rows], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.models, protocol=pickle.HIGHEST_PROTOCOL)
+        return snapshots.pack(self.models)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import pickle
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
+from flows import snapshots
 from flows.window_state import ShardWindows, WindowOutput, shard_index, shard_key
 from plantpulse.stopping import stop_requested
 
@@ -103,16 +103,16 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
         return ([output] if _has_content(output) else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(timezone.utc) + TICK
+        return datetime.now(UTC) + TICK
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.windows, protocol=pickle.HIGHEST_PROTOCOL)
+        return snapshots.pack(self.windows)
 
 
 def restore_windows(fresh: ShardWindows, snapshot: bytes | None, now_s: float) -> ShardWindows:
     """Return `fresh` with the snapshotted state (if any) loaded; configuration comes from `fresh`."""
     if snapshot is not None:
-        fresh.restore(pickle.loads(snapshot).__dict__, now_s)
+        fresh.restore(snapshots.unpack(snapshot).__dict__, now_s)
     return fresh
 
 
