@@ -16,9 +16,10 @@ from fsspec import AbstractFileSystem
 
 from connectors import lake_store as store
 from connectors.lake_compact import superseded_files
+from connectors.quarantine import QUARANTINE_DIR, with_original_columns
 from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 
-QUARANTINE_DIR = "quarantine"
+__all__ = ["QUARANTINE_DIR", "hour_dirs", "lake_files", "read_lake", "read_quarantine"]
 _PARTITIONING = ds.partitioning(pa.schema([("dt", pa.string()), ("hour", pa.int32())]), flavor="hive")
 
 
@@ -33,11 +34,15 @@ def read_lake(lake_url: str, fs: AbstractFileSystem | None = None, *, with_parti
 
 
 def read_quarantine(lake_url: str, fs: AbstractFileSystem | None = None) -> pa.Table:
-    """Every dead letter kept under the lake's `quarantine/` prefix (QUARANTINE_ARROW_SCHEMA)."""
+    """Every dead letter kept under the lake's `quarantine/` prefix (QUARANTINE_ARROW_SCHEMA).
+
+    Files written before `original_bytes`/`original_sha256` existed read with both filled in from `value`.
+    """
     fs, root = store.open_lake(lake_url, fs)
-    return _read(fs, f"{root.rstrip('/')}/{QUARANTINE_DIR}", QUARANTINE_ARROW_SCHEMA).select(
-        QUARANTINE_ARROW_SCHEMA.names
-    )
+    # Read as nullable: older files lack the original_* columns, which the dataset fills with nulls.
+    readable = pa.schema([field.with_nullable(True) for field in QUARANTINE_ARROW_SCHEMA])
+    table = _read(fs, f"{root.rstrip('/')}/{QUARANTINE_DIR}", readable).select(QUARANTINE_ARROW_SCHEMA.names)
+    return with_original_columns(table).cast(QUARANTINE_ARROW_SCHEMA)
 
 
 def lake_files(fs: AbstractFileSystem, root: str, skip: tuple[str, ...] = ()) -> list[str]:

@@ -1,13 +1,20 @@
 """Retry policy shared by the sinks: capped exponential backoff with jitter.
 
 The ClickHouse, Kafka and lake sinks all retry an unavailable destination forever rather than drop data;
-they differ only in what they retry, so this module holds just the timing policy.
+they differ only in what they retry, so this module holds the timing policy (`Backoff`) and the plain
+"until it works" loop (`retry_forever`) for callers whose every failure is worth another attempt.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -58,3 +65,27 @@ class Backoff:
     def reset(self) -> None:
         """Forget past failures (call after a success)."""
         self.failures = 0
+
+
+def retry_forever(what: str, action: Callable[[], T], backoff: Backoff, log: logging.Logger) -> T:
+    """Run `action` until it returns, sleeping `backoff` between failed attempts; returns its result.
+
+    For writes whose data is already prepared (only the destination is retried, never the data): the caller
+    is held back meanwhile, which is the backpressure the sinks want. Each failure is logged as
+    `<what> failed (attempt N), retrying in Xs: <error>`.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            result = action()
+        except Exception as exc:  # noqa: BLE001 - any failure of the destination; the data is prepared
+            delay = backoff.next_delay()
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, text[:400])
+            time.sleep(delay)
+            continue
+        if attempt > 1:
+            log.info("%s succeeded after %d attempts", what, attempt)
+        backoff.reset()
+        return result

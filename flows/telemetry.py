@@ -1,8 +1,9 @@
 """The live telemetry dataflow: Kafka `telemetry` -> decode/validate -> windows + rules -> sinks.
 
-Run it with `python -m bytewax.run flows.telemetry:flow` (or `plantpulse run`); it is configured only by
-the environment (see `plantpulse.settings`). `flow` is built on first access, so importing this module
-reads no environment.
+Run it with `plantpulse run` or `python -m bytewax.run flows.telemetry:flow`; it is configured only by
+the environment (see `plantpulse.settings`), recovery included: under bytewax.run, `RECOVERY_DIR` and
+`SNAPSHOT_INTERVAL_SECONDS` are handed to it too, and its own `-r/-s` must agree with them (`flows.launch`).
+`flow` is built on first access, so importing this module reads no environment.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from connectors.kafka import (
     dead_letter_record,
 )
 from connectors.lake import QUARANTINE_DIR, LakeSink
+from connectors.quarantine import quarantine_table
 from connectors.topics import partition_count
 from flows import metrics
 from flows.decode import DeadLetter, DecodedBatch
@@ -47,6 +49,8 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
             source_partition=letter.partition,
             source_offset=letter.offset,
             key=letter.key,
+            # Bounded, so that no message is too large to dead-letter; the quarantine keeps the original.
+            max_value_bytes=settings.deadletter_max_value_bytes,
         )
 
     op.output(
@@ -103,18 +107,17 @@ def quarantine_items(letters: list[DeadLetter], settings: Settings) -> list[tupl
         by_partition.setdefault(letter.partition, []).append(letter)
     items = []
     for partition, group in by_partition.items():
-        table = pa.table(
-            {
-                "value": pa.array([d.value for d in group], pa.binary()),
-                "key": pa.array([d.key for d in group], pa.binary()),
-                "reason": [d.reason for d in group],
-                "detail": [d.detail for d in group],
-                "source_topic": [d.topic or settings.telemetry_topic for d in group],
-                "source_partition": pa.array([partition] * len(group), pa.int32()),
-                "source_offset": pa.array([d.offset for d in group], pa.int64()),
-                "quarantined_at": pa.array([now_ms] * len(group), pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            },
-            schema=QUARANTINE_ARROW_SCHEMA,
+        # Originals are kept whole up to QUARANTINE_MAX_VALUE_BYTES, with their size and SHA-256.
+        table = quarantine_table(
+            values=[d.value for d in group],
+            keys=[d.key for d in group],
+            reasons=[d.reason for d in group],
+            details=[d.detail for d in group],
+            source_topics=[d.topic or settings.telemetry_topic for d in group],
+            source_partitions=[partition] * len(group),
+            source_offsets=[d.offset for d in group],
+            quarantined_at_ms=now_ms,
+            max_value_bytes=settings.quarantine_max_value_bytes,
         )
         items.append((f"lake-{max(partition, 0)}", table))
     return items
@@ -141,8 +144,11 @@ def alert_records(alerts: pa.Table) -> list[KafkaRecord]:
 
 def __getattr__(name: str) -> Dataflow:
     # `python -m bytewax.run flows.telemetry:flow` looks the flow up here; building it on access keeps
-    # environment reading out of import time.
+    # environment reading out of import time. bytewax.run has parsed its recovery options by now and would
+    # ignore RECOVERY_DIR: `for_bytewax_run` hands it the settings' recovery (or refuses in one line).
     if name == "flow":
-        return build_flow()
+        from flows.launch import for_bytewax_run  # only this entry point needs it
+
+        return for_bytewax_run(build_flow)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(4096, ge=64)
     max_future_skew_seconds: float = Field(300.0, ge=0)
     max_event_age_seconds: float = Field(7 * 86400.0, ge=0, description="0 disables the too-old check.")
+    # Dead letters and their quarantine copies: a message of any size must not stop the flow. The Kafka
+    # bound stays well under librdkafka's message.max.bytes (1,000,000); the lake keeps far more.
+    deadletter_max_value_bytes: int = Field(
+        262_144, ge=1024, description="Dead-letter records keep this many bytes of the original (+ size, SHA-256)."
+    )
+    quarantine_max_value_bytes: int = Field(
+        16 * 2**20, ge=1024, description="The lake quarantine keeps originals whole up to this size, then a prefix."
+    )
 
     # Rules and fleet metadata
     rules_file: Path = PACKAGED_RULES_FILE
