@@ -24,5 +24,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 clean:
-	rm -rf .plantpulse .pytest_cache
+	rm -rf .plantpulse .pytest_cache .mypy_cache .ruff_cache

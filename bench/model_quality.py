@@ -62,7 +62,8 @@ def window_stats(kind: str, seed: int, machines: int, hours: float) -> tuple[pa.
     fleet = build_fleet(machines, seed)
     simulator = Simulator(
         fleet, seed=seed, faults=kind, fault_rate=0.0 if kind == "none" else 0.5, imperfections={},
-        start_ts_ms=START_TS_MS + seed * 3_600_000, interval_ms=READING_INTERVAL_MS, faults_after_s=0.0 if kind == "none" else FAULTS_AFTER_S,
+        start_ts_ms=START_TS_MS + seed * 3_600_000, interval_ms=READING_INTERVAL_MS,
+        faults_after_s=0.0 if kind == "none" else FAULTS_AFTER_S,
     )
     run = simulator.run(int(hours * 3600))
     windows = ShardWindows(WindowConfig(window_ms=WINDOW_MS), [], {m.machine_id: m.machine_type for m in fleet})
@@ -82,8 +83,8 @@ def window_stats(kind: str, seed: int, machines: int, hours: float) -> tuple[pa.
         parts.append(out.window_stats)
     stats = pa.concat_tables(parts)
     labels = pa.Table.from_pylist(
-        [{"machine_id": l.machine_id, "fault": l.fault, "start_ts": l.start_ts, "end_ts": l.end_ts, "detail": l.detail}
-         for l in run.labels()],
+        [{"machine_id": lb.machine_id, "fault": lb.fault, "start_ts": lb.start_ts, "end_ts": lb.end_ts, "detail": lb.detail}
+         for lb in run.labels()],
         schema=pa.schema([("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()),
                           ("end_ts", pa.int64()), ("detail", pa.string())]),
     )

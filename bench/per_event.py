@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import msgspec
@@ -18,7 +18,7 @@ from bytewax.operators.windowing import EventClock, TumblingWindower, fold_windo
 from plantpulse.schema import SENSORS, STATUSES, RawBatch, Reading
 
 _DECODER = msgspec.json.Decoder(Reading)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def per_event_window_stats(raw: Stream[RawBatch], window_ms: int, lateness_ms: int) -> Stream[dict]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 __all__ = ["BrokerStartError", "BrokerUnavailableError", "EmbeddedBroker", "free_port"]
@@ -225,7 +226,7 @@ class EmbeddedBroker:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             self._log_path = self._log_dir / f"tansu-{port}.log"
-            log = open(self._log_path, "ab")  # noqa: SIM115 - the child keeps its own copy of the fd
+            log = open(self._log_path, "ab")
         try:
             proc = subprocess.Popen(
                 argv,
@@ -267,7 +268,7 @@ class EmbeddedBroker:
                 raise BrokerStartError(self._failure(f"exited with code {proc.returncode} during startup"))
             try:
                 admin.list_topics(timeout=min(1.0, max(0.05, deadline - time.monotonic())))
-            except Exception as exc:  # KafkaException: not answering metadata yet
+            except KafkaException as exc:  # not answering metadata yet
                 last_error = exc
                 continue
             if proc.poll() is None:

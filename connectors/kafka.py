@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -148,7 +148,7 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
             msgs = self._drop_eof(msgs)
         if not msgs:
             # Nothing ready: let the worker serve other steps instead of spinning on this partition.
-            self._awake = datetime.now(timezone.utc) + self._linger
+            self._awake = datetime.now(UTC) + self._linger
             return []
         # Data messages always carry an offset; the stubs type every accessor as Optional.
         offsets: list[int] = [m.offset() for m in msgs]  # type: ignore[misc]
@@ -157,13 +157,13 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
             # A null value (tombstone) is no reading: hand the decoder empty bytes, which it rejects as
             # malformed (dead letter) instead of tripping over None. The scan is C-speed and rarely hits.
             values = [b"" if v is None else v for v in values]
-        keys: list[bytes | None] = [m.key() for m in msgs]  # type: ignore[misc]
+        keys: list[bytes | None] = [m.key() for m in msgs]
         batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys)
         self._next_offset = offsets[-1] + 1
         self._consumed.inc(len(offsets))
         # A short poll means the local queue is drained: wait a moment so the next batch is a useful size
         # rather than a trickle of tiny ones. A full poll means we are behind: come back immediately.
-        self._awake = None if len(offsets) >= self._batch_size else datetime.now(timezone.utc) + self._linger
+        self._awake = None if len(offsets) >= self._batch_size else datetime.now(UTC) + self._linger
         return [batch]
 
     def _drop_eof(self, msgs: list[Message]) -> list[Message]:

@@ -54,13 +54,13 @@ from connectors.lake_compact import drop_compacted_rows, roll_up_partition
 from connectors.lake_read import QUARANTINE_DIR, read_lake, read_quarantine
 from connectors.lake_state import CarriedHour, FileThresholds, LakeState, PendingHour
 from connectors.quarantine import with_original_columns
-from connectors.retry import Backoff
+from connectors.retry import Backoff, retry_forever
 from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
 __all__ = [
-    "QUARANTINE_DIR", "CarriedHour", "FileThresholds", "LakeSink", "LakeSinkPartition", "LakeState", "PendingHour", "read_lake",
-    "read_quarantine",
+    "QUARANTINE_DIR", "CarriedHour", "FileThresholds", "LakeSink", "LakeSinkPartition", "LakeState", "PendingHour",
+    "read_lake", "read_quarantine",
 ]
 
 logger = logging.getLogger("plantpulse.lake")
@@ -277,13 +277,17 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         try:
             return table.select(self.schema.names).cast(self.schema)
         except (KeyError, pa.ArrowException) as exc:
-            raise ValueError(f"{self.name}: table does not fit the lake schema ({_schema_name(self.schema)}): {exc}") from exc
+            raise ValueError(
+                f"{self.name}: table does not fit the lake schema ({_schema_name(self.schema)}): {exc}"
+            ) from exc
 
     def _is_due(self, pending: PendingHour, now: float) -> bool:
         limits = self.thresholds
         # A single small file is already as merged as it gets: rolling it up would only rewrite it.
         return pending.files >= 2 and (
-            pending.rows >= limits.max_rows or pending.nbytes >= limits.max_bytes or now - pending.since_s >= limits.max_age_s
+            pending.rows >= limits.max_rows
+            or pending.nbytes >= limits.max_bytes
+            or now - pending.since_s >= limits.max_age_s
         )
 
     def _flush(self, now: float) -> None:
@@ -309,7 +313,9 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         FILES_WRITTEN.inc(len(files))
         for hour, (hour_rows, nbytes) in written.items():
             before = self._pending.get(hour, PendingHour(since_s=now))
-            self._pending[hour] = PendingHour(before.files + 1, before.rows + hour_rows, before.nbytes + nbytes, before.since_s)
+            self._pending[hour] = PendingHour(
+                before.files + 1, before.rows + hour_rows, before.nbytes + nbytes, before.since_s
+            )
         self._buffer.clear()
         self.buffered_rows = 0
         self._over_limit_warned = False
@@ -370,25 +376,12 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         """Run `action` until it succeeds: the lake is retried forever, holding the flow back meanwhile."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = action()
-                break
-            except Exception as exc:  # noqa: BLE001 - any store failure; the data itself is already serialized
-                delay = self._backoff.next_delay()
-                self.retries += 1
-                WRITE_RETRIES.inc()
-                logger.warning(
-                    "%s: %s to %s failed (attempt %d), retrying in %.2fs: %s",
-                    self.name, what, self.root, attempt, delay, _one_line(exc),
-                )
-                time.sleep(delay)
-        if attempt > 1:
-            logger.info("%s: %s succeeded after %d attempts", self.name, what, attempt)
-        self._backoff.reset()
-        return result
+
+        def count(_: BaseException) -> None:
+            self.retries += 1
+            WRITE_RETRIES.inc()
+
+        return retry_forever(f"{self.name}: {what} to {self.root}", action, self._backoff, logger, count)
 
 
 def _from_ipc(chunk: bytes) -> pa.Table:

@@ -57,7 +57,7 @@ def lake_files(fs: AbstractFileSystem, root: str, skip: tuple[str, ...] = ()) ->
 
 def hour_dirs(fs: AbstractFileSystem, root: str, skip: tuple[str, ...] = ()) -> list[str]:
     """`root/dt=*/hour=*` directories, sorted."""
-    dirs = []
+    dirs: list[str] = []
     for dt_dir in _subdirs(fs, root):
         name = posixpath.basename(dt_dir)
         if name.startswith("dt=") and name not in skip:

@@ -172,7 +172,9 @@ def _labels_from_column(table: pa.Table, ts: np.ndarray) -> pa.Table:
                 current["end_ts"] = int(ts[i])
         if current:
             rows.append(current)
-    schema = pa.schema([("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()), ("end_ts", pa.int64())])
+    schema = pa.schema(
+        [("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()), ("end_ts", pa.int64())]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -67,12 +67,18 @@ class Backoff:
         self.failures = 0
 
 
-def retry_forever(what: str, action: Callable[[], T], backoff: Backoff, log: logging.Logger) -> T:
+def retry_forever(
+    what: str,
+    action: Callable[[], T],
+    backoff: Backoff,
+    log: logging.Logger,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> T:
     """Run `action` until it returns, sleeping `backoff` between failed attempts; returns its result.
 
     For writes whose data is already prepared (only the destination is retried, never the data): the caller
     is held back meanwhile, which is the backpressure the sinks want. Each failure is logged as
-    `<what> failed (attempt N), retrying in Xs: <error>`.
+    `<what> failed (attempt N), retrying in Xs: <error>`; `on_failure` (e.g. a metric) sees each error.
     """
     attempt = 0
     while True:
@@ -80,6 +86,8 @@ def retry_forever(what: str, action: Callable[[], T], backoff: Backoff, log: log
         try:
             result = action()
         except Exception as exc:  # noqa: BLE001 - any failure of the destination; the data is prepared
+            if on_failure is not None:
+                on_failure(exc)
             delay = backoff.next_delay()
             text = " ".join(str(exc).split()) or type(exc).__name__
             log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, text[:400])

@@ -8,9 +8,9 @@ replay flow (`flows.replay`) runs on recorded readings, so live and replay run e
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import bytewax.operators as op
 import pyarrow as pa
@@ -130,6 +130,7 @@ def analyse_readings(
     outputs = op.key_rm("outputs", keyed_outputs)
     threshold_alerts = op.filter_map("alerts", outputs, lambda o: o.alerts if o.alerts and o.alerts.num_rows else None)
     window_stats = op.filter_map("window_stats", outputs, lambda o: o.window_stats)
+    anomaly_scores: Stream[pa.Table]
     if config.models is None:
         anomaly_scores = op.filter_map("no_models", window_stats, lambda _: None)
         alerts = threshold_alerts

@@ -21,7 +21,7 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 
-from flows.pipeline import PipelineConfig, analyse_readings, process_telemetry
+from flows.pipeline import AnalysisStreams, PipelineConfig, PipelineStreams, analyse_readings, process_telemetry
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
@@ -100,6 +100,7 @@ def replay(
     config = replay_config(config)
     flow = Dataflow("plantpulse_replay")
     source = op.input("replay_in", flow, IterableSource(items, progress))
+    streams: PipelineStreams | AnalysisStreams
     if raw:
         streams = process_telemetry("process", source, config)
     else:

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import operator
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa

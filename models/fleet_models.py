@@ -66,7 +66,6 @@ from models.threshold import AdaptiveThreshold
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
-    WINDOW_STATS_ARROW_SCHEMA,
 )
 
 TOP_FEATURES = 3
@@ -108,6 +107,20 @@ class _Outputs:
 class _Group:
     """Detector, threshold and per-machine state of the machines that share one spec (local indices)."""
 
+    # The per-machine arrays of `_PER_MACHINE`, set (and grown) by name: [machines] or [machines x modes].
+    # Annotations only (no class values), so a pickled group restores exactly as before.
+    prev_end: np.ndarray
+    prev_temperature: np.ndarray
+    prev_mode: np.ndarray
+    mode_streak: np.ndarray
+    reference: np.ndarray
+    learned: np.ndarray
+    scored: np.ndarray
+    anomalous_run: np.ndarray
+    since_alert: np.ndarray
+    episode_alerted: np.ndarray
+    unlearned_run: np.ndarray
+
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.fingerprint = spec_fingerprint(spec)  # what this group's state was learned under (see adopt_specs)
@@ -145,7 +158,7 @@ class _Group:
             size = max(16, 2 * len(self.prev_end))
             extra = size - len(self.prev_end)
             for name, (fill, dtype, per_mode) in _PER_MACHINE.items():
-                new_rows = np.full((extra, _N_MODES) if per_mode else extra, fill, dtype=dtype)
+                new_rows: np.ndarray = np.full((extra, _N_MODES) if per_mode else extra, fill, dtype=dtype)
                 setattr(self, name, np.concatenate((getattr(self, name), new_rows)))
             self.threshold.grow(size)
             self.operating_point.grow(size)
@@ -252,6 +265,7 @@ class FleetModels:
     """Per-machine online anomaly models for any number of machines (one instance per state shard).
 
     >>> from models.spec import ModelSpecs
+    >>> from plantpulse.schema import WINDOW_STATS_ARROW_SCHEMA
     >>> models = FleetModels(ModelSpecs({"default": {}}))
     >>> models.score(WINDOW_STATS_ARROW_SCHEMA.empty_table(), now_ms=0).scores.num_rows
     0

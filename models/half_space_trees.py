@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import TypedDict, Unpack
 
 import numpy as np
 from river.anomaly import HalfSpaceTrees
@@ -75,7 +76,9 @@ class HalfSpaceTreesDetector:
             if self.seen >= self.warmup:
                 self.limits = self._limits()
                 if self.limits:
-                    self.model = HalfSpaceTrees(limits=self.limits, **self.tree_params)
+                    # River annotates `limits` as a dict[Hashable, ...] (invariant) where it only reads a mapping of
+                    # feature names: a dict[str, ...] is what it expects.
+                    self.model = HalfSpaceTrees(limits=self.limits, **self.tree_params)  # type: ignore[arg-type]
                     for seen in self._buffer:
                         self.model.learn_one(self._clip(seen))
                 self._buffer = []
@@ -116,6 +119,16 @@ class HalfSpaceTreesDetector:
         return out
 
 
+class TreeParams(TypedDict, total=False):
+    """`HalfSpaceTreesDetector` keyword arguments that `HalfSpaceTreesFleet` passes on to every stream."""
+
+    warmup: int
+    n_trees: int
+    height: int
+    window_size: int
+    margin: float
+
+
 class HalfSpaceTreesFleet:
     """`HalfSpaceTreesDetector` streams for many machines and modes, behind `RobustZScore`'s batch interface.
 
@@ -132,11 +145,11 @@ class HalfSpaceTreesFleet:
 
     name = "half_space_trees"
 
-    def __init__(self, features: list[str], *, direction: np.ndarray, seed: int = 42, **params: float) -> None:
+    def __init__(self, features: list[str], *, direction: np.ndarray, seed: int = 42, **params: Unpack[TreeParams]) -> None:
         self.features = list(features)
         self.direction = dict(zip(self.features, np.asarray(direction, dtype=np.float64).tolist()))
         self.seed = seed
-        self.params = params
+        self.params: TreeParams = params
         self.streams: dict[tuple[int, int], HalfSpaceTreesDetector] = {}
         self.keys: list[str] = []
 

@@ -181,14 +181,16 @@ class RobustZScore:
                     columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(z along each feature's fault direction, |z| where it has none; whether the z is known), for all
         features or only `columns`."""
+        at: tuple[np.ndarray, ...]
+        cols: np.ndarray | slice
         if columns is None:
-            at, columns = (machines, modes), slice(None)
+            at, cols = (machines, modes), slice(None)
         else:
-            at = (machines[:, None], modes[:, None], columns)
-        x = x[:, columns]
-        scale = np.maximum(MAD_TO_STD * self.deviation[at], self.min_deviation[columns])
+            at, cols = (machines[:, None], modes[:, None], columns), columns
+        x = x[:, cols]
+        scale = np.maximum(MAD_TO_STD * self.deviation[at], self.min_deviation[cols])
         residual = (x - self.level[at]) / scale
-        direction = self.direction[columns]
+        direction = self.direction[cols]
         z = np.where(direction == 0, np.abs(residual), direction * residual)
         return z, (self.count[at] >= self.min_count) & ~np.isnan(x)
 

@@ -63,7 +63,9 @@ def run_demo(settings: Settings, duration: float | None, machines: int, rate: fl
             "METRICS_PORT": str(metrics_port),
             "MACHINES_FILE": str(data_dir / "machines.csv"),
         }
-        settings = Settings(kafka_bootstrap_servers=broker.bootstrap, data_dir=data_dir, machines_file=data_dir / "machines.csv")
+        settings = Settings(
+            kafka_bootstrap_servers=broker.bootstrap, data_dir=data_dir, machines_file=data_dir / "machines.csv"
+        )
         ensure_topics(settings)
         write_fleet_csv(settings.machines_file, build_fleet(machines, seed))
         console.print(f"[bold]PlantPulse demo[/] broker {broker.bootstrap} · data in {data_dir} · Ctrl-C stops")
@@ -155,7 +157,7 @@ def _live(console: Console, settings: Settings, port: int, flow: subprocess.Pope
             except TimeoutError:
                 # A busy broker did not answer in time: the offsets did not move, the next tick reads them.
                 new_alerts = []
-            for _, offset, key, value, _ in new_alerts:
+            for _, _offset, key, _value, _ in new_alerts:
                 top[key.decode() if key else "?"] += 1
             live.update(_view(counters, rate, top, now - started, duration))
     if simulator.returncode not in (0, None):

@@ -156,9 +156,9 @@ class Settings(BaseSettings):
     def clickhouse_is_embedded(self) -> bool:
         return self.clickhouse_url.startswith("chdb:")
 
-    def kafka_config(self) -> dict[str, str]:
+    def kafka_config(self) -> dict[str, str | int]:
         """librdkafka client properties shared by producers, consumers and admin clients."""
-        config = {
+        config: dict[str, str | int] = {
             "bootstrap.servers": self.kafka_bootstrap_servers,
             "security.protocol": self.kafka_security_protocol,
             # librdkafka would print every failed connection attempt to stderr; errors still surface as

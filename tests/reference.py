@@ -62,7 +62,8 @@ def threshold_alerts_reference(
         for i, (ts, value) in enumerate(rows):
             window_start = ts // window_ms * window_ms
             next_ts = rows[i + 1][0] if i + 1 < len(rows) else None
-            until = next_ts if next_ts is not None and next_ts // window_ms * window_ms == window_start else window_start + window_ms
+            same_window = next_ts is not None and next_ts // window_ms * window_ms == window_start
+            until = next_ts if same_window else window_start + window_ms
             breach = value == value and (
                 (above is not None and value > above) or (below is not None and value < below)
             )

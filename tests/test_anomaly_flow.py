@@ -72,7 +72,9 @@ class Scenario:
     steady: list[str]
 
 
-def drifted(kind: str, elapsed_s: np.ndarray, temperature: np.ndarray, vibration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def drifted(
+    kind: str, elapsed_s: np.ndarray, temperature: np.ndarray, vibration: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Values after an injected drift `elapsed_s` seconds past its onset (negative: before it, unchanged)."""
     after = elapsed_s >= 0
     if kind == "overheating":  # +0.15 degC/s, capped at +30 degC

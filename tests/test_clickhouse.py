@@ -16,7 +16,7 @@ import textwrap
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -55,7 +55,7 @@ pytestmark = pytest.mark.integration
 
 _db_numbers = itertools.count()
 # Recent timestamps: window_stats has a 90-day TTL, so older fixture rows could vanish at a merge.
-HOUR0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
+HOUR0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def read_hourly(client: Client, db: str) -> dict[tuple[str, datetime], dict]:
     result = client.query(f"SELECT * FROM `{db}`.window_stats_hourly ORDER BY machine_id, hour")
     out = {}
     for row in result.named_results():
-        hour = row.pop("hour").replace(tzinfo=timezone.utc)
+        hour = row.pop("hour").replace(tzinfo=UTC)
         machine_id = row.pop("machine_id")
         row.pop("machine_type")
         out[(machine_id, hour)] = row
@@ -385,7 +385,8 @@ def test_sink_in_a_bytewax_flow_writes_exactly_the_input(engine: Client, setting
     assert got_windows.equals(inputs["window_stats"].sort_by([("machine_id", "ascending"), ("window_start", "ascending")]))
     got_alerts = read_table(engine, db, "alerts", "machine_id, rule_id, window_start")
     assert got_alerts.equals(inputs["alerts"].sort_by([("machine_id", "ascending"), ("window_start", "ascending")]))
-    latest_state = inputs["machine_state"].filter(pa.compute.equal(inputs["machine_state"]["last_ts"], HOUR0 + timedelta(seconds=110)))
+    state = inputs["machine_state"]
+    latest_state = state.filter(pa.compute.equal(state["last_ts"], HOUR0 + timedelta(seconds=110)))
     assert read_table(engine, db, "machine_state", "machine_id").equals(latest_state.sort_by("machine_id"))
 
     (part,) = sink.partitions.values()
@@ -508,7 +509,9 @@ def test_embedded_dir_in_use_by_another_process_raises_busy(engine: Client, chdb
     )
 
 
-def test_clients_share_one_path_but_not_two_paths_in_one_process(engine: Client, db: str, settings: Settings, tmp_path: Path) -> None:
+def test_clients_share_one_path_but_not_two_paths_in_one_process(
+    engine: Client, db: str, settings: Settings, tmp_path: Path
+) -> None:
     other = connect(settings)
     try:
         other.command(f"INSERT INTO `{db}`.machines (machine_id, site, line, machine_type) VALUES ('X1', 's', 'l', 't')")

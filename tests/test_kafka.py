@@ -6,7 +6,7 @@ import pickle
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -167,11 +167,11 @@ def test_source_resumes_from_snapshot_offsets(kafka_settings: SettingsFactory, t
 def _poll(part: object, want: int, timeout_s: float = 10.0) -> list[RawBatch]:
     """Call next_batch (honouring next_awake) until `want` messages arrived."""
     got: list[RawBatch] = []
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout_s)
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
     while sum(len(b.offsets) for b in got) < want:
-        assert datetime.now(timezone.utc) < deadline, f"only {got} after {timeout_s} s"
+        assert datetime.now(UTC) < deadline, f"only {got} after {timeout_s} s"
         awake = part.next_awake()  # type: ignore[attr-defined]
-        if awake is not None and awake > datetime.now(timezone.utc):
+        if awake is not None and awake > datetime.now(UTC):
             continue
         batch = part.next_batch()  # type: ignore[attr-defined]
         assert len(batch) <= 1, "at most one RawBatch per next_batch"
@@ -194,7 +194,7 @@ def test_partition_tails_snapshots_and_resumes(kafka_settings: SettingsFactory) 
     for _ in range(20):
         assert part.next_batch() == []
     awake = part.next_awake()
-    assert awake is not None and awake > datetime.now(timezone.utc) - timedelta(seconds=1)
+    assert awake is not None and awake > datetime.now(UTC) - timedelta(seconds=1)
     produce(settings, [b"b%d" % i for i in range(5)])
     tail = _poll(part, 5)
     assert [o for b in tail for o in b.offsets] == list(range(10, 15))
@@ -208,9 +208,9 @@ def test_partition_tails_snapshots_and_resumes(kafka_settings: SettingsFactory) 
 
     batch_mode = TelemetrySource(settings, starting_offset=7, tail=False).build_part("step", f"{topic}-0", None)
     assert [o for b in _poll(batch_mode, 8) for o in b.offsets] == list(range(7, 15))
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=10)
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
     with pytest.raises(StopIteration):
-        while datetime.now(timezone.utc) < deadline:
+        while datetime.now(UTC) < deadline:
             assert batch_mode.next_batch() == []
     batch_mode.close()
 

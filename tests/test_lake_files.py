@@ -286,8 +286,10 @@ def test_resume_after_compaction_of_an_uncommitted_sequence_stays_exactly_once(t
 def test_cli_compacts_a_date(tmp_path: Path) -> None:
     root, want = lake_with_scattered_files(tmp_path)
     env = flow_env(Settings(data_dir=tmp_path), tmp_path, LAKE_URL=f"file://{root}")
-    done = subprocess.run([*PLANTPULSE, "lake", "compact", "--date", "2025-11-24"], env=env, capture_output=True, check=False,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*PLANTPULSE, "lake", "compact", "--date", "2025-11-24"],
+        env=env, capture_output=True, check=False, text=True, timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "hour=16: compacted, 8 -> 1 files, 720 rows" in done.stdout
     assert len(data_files(root)) == 1 and keyset(read_lake(f"file://{root}")) == keyset(want)

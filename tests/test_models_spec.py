@@ -21,7 +21,8 @@ def test_packaged_file_loads_with_default_and_fallback() -> None:
 def test_type_tables_override_default_keys_only(tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
     path.write_text(
-        '[default]\nwarmup_windows = 12\n[default.threshold]\nfloor = 6.0\n[default.min_deviation]\nlog_vibration_residual = 0.02\n'
+        '[default]\nwarmup_windows = 12\n[default.threshold]\nfloor = 6.0\n'
+        '[default.min_deviation]\nlog_vibration_residual = 0.02\n'
         '[pump]\ndetector = "half_space_trees"\n[pump.threshold]\nfloor = 0.8\n'
     )
     specs = load_model_specs(path)

@@ -103,7 +103,9 @@ def test_window_aggregates_equal_reference(run) -> None:
     assert len(accepted) >= 100_000
     expected = window_stats_reference(accepted, WINDOW_MS)
 
-    columns, rows = run_sql(settings, "SELECT * EXCEPT (ingested_at) FROM window_stats FINAL ORDER BY machine_id, window_start")
+    columns, rows = run_sql(
+        settings, "SELECT * EXCEPT (ingested_at) FROM window_stats FINAL ORDER BY machine_id, window_start"
+    )
     actual = pd.DataFrame(rows, columns=columns)
     for column in ("window_start", "window_end", "first_ts", "last_ts", "emitted_at"):
         actual[column] = actual[column].map(lambda t: int(t.timestamp() * 1000))

@@ -68,7 +68,11 @@ def test_alerts_equal_reference(tmp_path: Path, workers: int) -> None:
     expected_hot = threshold_alerts_reference(frame, 10_000, "temperature", 95.0, None, 8)
     expected_leak = threshold_alerts_reference(frame, 10_000, "pressure", None, 1.0, 5, types, {"pump"})
     alerts = result.alerts
-    got = lambda rule: set(zip(alerts[alerts.rule_id == rule].machine_id, alerts[alerts.rule_id == rule].window_start))
+
+    def got(rule: str) -> set:
+        chosen = alerts[alerts.rule_id == rule]
+        return set(zip(chosen.machine_id, chosen.window_start))
+
     assert expected_hot and expected_leak  # the episodes do produce breaches
     assert got("hot") == expected_hot
     assert got("leak") == expected_leak

@@ -18,7 +18,10 @@ from tests.test_rules import breach_readings
 def _run(batches, logic_factory, snapshot_after: int | None):
     decoder = BatchDecoder(ValidationLimits(max_event_age_ms=0))
     clock = iter(range(10**9))
-    now = lambda: 1_700_000_000.0 + next(clock) * 0.01
+
+    def now() -> float:
+        return 1_700_000_000.0 + next(clock) * 0.01
+
     logic = logic_factory(None, now)
     outputs = []
     for i, batch in enumerate(batches):
@@ -31,7 +34,8 @@ def _run(batches, logic_factory, snapshot_after: int | None):
     outputs.extend(emitted)
     tables = [o.window_stats.drop_columns(["emitted_at"]) for o in outputs if o.window_stats is not None]
     alerts = [o.alerts.drop_columns(["raised_at"]) for o in outputs if o.alerts is not None]
-    return pa.concat_tables(tables).sort_by([("machine_id", "ascending"), ("window_start", "ascending")]), pa.concat_tables(alerts).sort_by("alert_id")
+    windows = pa.concat_tables(tables).sort_by([("machine_id", "ascending"), ("window_start", "ascending")])
+    return windows, pa.concat_tables(alerts).sort_by("alert_id")
 
 
 def test_restore_after_downtime_does_not_idle_close_open_windows() -> None:

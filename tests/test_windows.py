@@ -96,7 +96,9 @@ def test_silent_machine_gets_window_closed_and_turns_stale() -> None:
         for m in range(3):
             if m == 1 and second >= 12:
                 continue
-            readings.append({"machine_id": f"M{m:04d}", "ts": T0 + second * 1000, "seq": second, "status": "running", "rpm": 100.0})
+            readings.append(
+                {"machine_id": f"M{m:04d}", "ts": T0 + second * 1000, "seq": second, "status": "running", "rpm": 100.0}
+            )
     batches = batches_of([encode(r) for r in readings], 3)
 
     def clock() -> float:
