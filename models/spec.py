@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -255,17 +256,28 @@ def load_model_specs(path: str | Path) -> ModelSpecs:
     return ModelSpecs(tables, str(path))
 
 
+# The start of a grid item: a spec key (dotted name) and "=". Tells grid items from paths and URLs.
+GRID_ITEM = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
+_GRID_ITEM_SEPARATOR = re.compile(r"\s+(?=" + GRID_ITEM.pattern + ")")  # whitespace before the next key=
+
+
 def parse_grid(items: list[str]) -> list[dict[str, str]]:
     """`["a=1,2", "b=x"]` -> every combination: `[{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]`.
 
+    An item may hold several whitespace-separated `key=values` (`--grid "a=1,2 b=x"`, quoted as one value).
+
     >>> parse_grid(["a=1,2", "b=x"])
     [{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}]
+    >>> parse_grid(["a=1,2 b=x"]) == parse_grid(["a=1,2", "b=x"])
+    True
+    >>> parse_grid(["a=1, 2"])
+    [{'a': '1'}, {'a': '2'}]
     >>> parse_grid([])
     [{}]
     """
     keys: list[str] = []
     choices: list[list[str]] = []
-    for item in items:
+    for item in (part for given in items for part in _GRID_ITEM_SEPARATOR.split(given.strip())):
         key, sep, values = item.partition("=")
         options = [v.strip() for v in values.split(",")]
         if not sep or not key.strip() or not all(options):

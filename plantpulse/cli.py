@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -21,7 +20,7 @@ from plantpulse.settings import Settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PlantPulse: real-time predictive maintenance.")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"plantpulse: {message}", err=True)
     raise typer.Exit(code)
 
@@ -60,7 +59,10 @@ def broker(port: int = typer.Option(0, help="Port to listen on (0: a free port).
         with EmbeddedBroker(port=port or None) as running:
             typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap}", err=False)
             sys.stdout.flush()
-            running.wait()
+            # In slices: Python handles a signal between bytecodes, so a SIGINT that lands just before a
+            # blocking waitpid() would wait for the broker to exit by itself (rarely, a hang on Ctrl-C).
+            while running.wait(timeout_s=0.5) is None:
+                pass
     except KeyboardInterrupt:
         pass
     except (BrokerStartError, ImportError) as error:
@@ -70,20 +72,20 @@ def broker(port: int = typer.Option(0, help="Port to listen on (0: a free port).
 @app.command()
 def sim(
     machines: int = typer.Option(1000, min=1, help="Fleet size."),
-    rate: Optional[float] = typer.Option(None, min=1, help="Total readings per second, in real time."),
+    rate: float | None = typer.Option(None, min=1, help="Total readings per second, in real time."),
     as_fast_as_possible: bool = typer.Option(False, "--as-fast-as-possible", help="No pacing."),
-    duration: Optional[float] = typer.Option(None, min=0.001, help="Seconds of event time to simulate."),
-    count: Optional[int] = typer.Option(None, min=1, help="Number of messages to send."),
+    duration: float | None = typer.Option(None, min=0.001, help="Seconds of event time to simulate."),
+    count: int | None = typer.Option(None, min=1, help="Number of messages to send."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same stream."),
     faults: str = typer.Option("all", help="Comma-separated fault kinds, 'all' or 'none'."),
     fault_rate: float = typer.Option(0.05, min=0, max=1, help="Fraction of machines given a fault."),
     faults_after: float = typer.Option(0.0, min=0, help="Seconds of healthy operation before the first fault."),
     imperfections: str = typer.Option("", help="e.g. 'duplicates=0.01,late=0.001,malformed=0.001'."),
-    record: Optional[Path] = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
+    record: Path | None = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
     record_only: bool = typer.Option(False, "--record-only", help="Only write --record (no Kafka), as fast as possible."),
 ) -> None:
     """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
-    from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, write_fleet_csv
+    from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, sync_fleet_csv
     from sim import record_only as write_recording  # `record_only` is this command's flag
 
     if record_only:
@@ -107,8 +109,14 @@ def sim(
             summary = write_recording(simulator, count=count, duration_s=duration, path=record)
             typer.echo(f"recorded {summary.readings:,} readings to {summary.record_path}; faults {summary.fault_events}")
             return
-        if settings.machines_file is not None and not Path(settings.machines_file).exists():
-            write_fleet_csv(Path(settings.machines_file), fleet)  # the flow reads machine types from it
+        if settings.machines_file is not None:
+            # The flow reads machine types from it; they depend on --seed and --machines, so a file left by
+            # another fleet must not survive.
+            replaced = sync_fleet_csv(Path(settings.machines_file), fleet)
+            if replaced is not None:
+                typer.echo(f"plantpulse: {settings.machines_file} listed {replaced}; replaced by this fleet "
+                           f"({machines} machines, seed {seed}). A running flow read machine types at its start: "
+                           "restart it to use these", err=True)
         summary = produce(settings, simulator, rate=rate, duration_s=duration, count=count, record_path=record)
     except (ValueError, ProduceError, OSError) as error:
         _fail(str(error))
@@ -121,19 +129,24 @@ def sim(
 
 @app.command()
 def run(
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker threads in this process."),
-    process_id: Optional[int] = typer.Option(None, "--process-id", "-i", help="This process's id in a cluster."),
-    addresses: Optional[str] = typer.Option(None, "--addresses", "-a", help="'host:port;host:port' of all processes."),
-    processes: Optional[int] = typer.Option(None, "--processes", "-p", min=1, help="Number of processes (checks -a)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker threads in this process."),
+    process_id: int | None = typer.Option(None, "--process-id", "-i", help="This process's id in a cluster."),
+    addresses: str | None = typer.Option(None, "--addresses", "-a", help="'host:port;host:port' of all processes."),
+    processes: int | None = typer.Option(None, "--processes", "-p", min=1, help="Number of processes (checks -a)."),
 ) -> None:
     """Run the telemetry flow (recovery on when RECOVERY_DIR is set).
 
     Options override the BYTEWAX_* environment (BYTEWAX_PROCESS_ID, BYTEWAX_ADDRESSES, or the StatefulSet
     variables BYTEWAX_POD_NAME/BYTEWAX_STATEFULSET_NAME/BYTEWAX_SERVICE_NAME/BYTEWAX_REPLICAS).
     """
-    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from plantpulse.stopping import install_stop_handlers, stop_requested
+
+    # First, so that a SIGTERM/SIGINT during start-up (imports, Kafka check, store, building the flow) is a
+    # clean stop too, not a KeyboardInterrupt traceback or a death by SIGTERM.
+    install_stop_handlers()  # SIGTERM/SIGINT drain the flow: sinks write what they hold, then exit 0
     from bytewax.run import cli_main
 
+    from flows.launch import epoch_interval, recovery_config
     from flows.telemetry import build_flow
 
     overrides: dict[str, object] = {}
@@ -152,29 +165,26 @@ def run(
     if processes is not None and len(cluster_addresses or [""]) != processes:
         _fail(f"--processes {processes} but {len(cluster_addresses or [''])} address(es) are configured")
     _require_kafka(settings)
-    recovery = None
-    if settings.recovery_dir is not None:
-        recovery_dir = Path(settings.recovery_dir)
-        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
-            recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(recovery_dir, settings.recovery_partitions)
-        recovery = RecoveryConfig(recovery_dir)
     try:
+        recovery = recovery_config(settings)  # the same as `python -m bytewax.run flows.telemetry:flow` gets
         flow = build_flow(settings)
     except (ValueError, OSError, LookupError) as error:  # LookupError: the telemetry topic does not exist
         _fail(str(error))
+    if stop_requested():
+        logging.getLogger("plantpulse").info("stopped by signal before the flow started")
+        return
     try:
         cli_main(
             flow,
             workers_per_process=settings.bytewax_workers_per_process,
             process_id=cluster_id,
             addresses=cluster_addresses,
-            epoch_interval=timedelta(seconds=settings.snapshot_interval_seconds),
+            epoch_interval=epoch_interval(settings),
             recovery_config=recovery,
         )
     except KeyboardInterrupt:
         logging.getLogger("plantpulse").info("flow stopped by signal")
-    except Exception as error:  # noqa: BLE001 - Bytewax wraps a SIGINT/SIGTERM stop in its runtime error
+    except Exception as error:
         if _stopped_by_signal(error):
             logging.getLogger("plantpulse").info("flow stopped by signal")
             return
@@ -182,9 +192,10 @@ def run(
 
 
 def _stopped_by_signal(error: BaseException) -> bool:
-    """Whether a Bytewax error is a stop by SIGINT/SIGTERM: its own "signal received", or a KeyboardInterrupt
-    raised inside a step that was running Python code when the signal came (wrapped as "error calling ...").
-    Either way the flow stopped like a crash would, and resumes from its last snapshot."""
+    """Whether a Bytewax error is a forced stop by a second SIGINT/SIGTERM (the first one drains the flow):
+    its own "signal received", or a KeyboardInterrupt raised inside a step that was running Python code when
+    the signal came (wrapped as "error calling ..."). Either way the flow stopped like a crash would, and
+    resumes from its last snapshot."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -207,9 +218,8 @@ def sql(
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
 ) -> None:
     """Run SQL on the configured ClickHouse (embedded chDB or a server) and print the result."""
-    from plantpulse.output import print_result
-
     from connectors.clickhouse import EmbeddedDatabaseBusy, run_sql
+    from plantpulse.output import print_result
 
     settings = _settings()
     try:
@@ -228,7 +238,7 @@ app.add_typer(lake_app, name="lake")
 @lake_app.command("compact")
 def lake_compact(
     date: str = typer.Option(..., "--date", help="Event date, YYYY-MM-DD (UTC)."),
-    hour: Optional[int] = typer.Option(None, "--hour", help="One hour 0-23 (default: every hour of the date)."),
+    hour: int | None = typer.Option(None, "--hour", help="One hour 0-23 (default: every hour of the date)."),
     min_age: float = typer.Option(
         7200.0, "--min-age", min=0, help="Seconds after an hour's end before it may be compacted (live writers)."
     ),
@@ -258,12 +268,16 @@ def lake_compact(
         typer.echo(f"nothing to compact for {date}" + (f" hour {hour}" if hour is not None else ""))
 
 
-@app.command()
+# Extra arguments are how `--grid a=1,2 b=3,4` gets its items after the first: click gives an option one value.
+@app.command(context_settings={"allow_extra_args": True})
 def replay(
+    ctx: typer.Context,
     source: str = typer.Argument(..., help="Simulator recording (.parquet), CSV/Parquet file, or lake URL/dir."),
     out: Path = typer.Option(Path("replay-report"), "--out", help="Report folder."),
-    models: Optional[Path] = typer.Option(None, "--models", help="Model spec file (default: $MODELS_FILE)."),
-    grid: list[str] = typer.Option([], "--grid", help="key=v1,v2 (repeatable): every combination is replayed."),
+    models: Path | None = typer.Option(None, "--models", help="Model spec file (default: $MODELS_FILE)."),
+    grid: list[str] = typer.Option(
+        [], "--grid", help="key=v1,v2 [key=v1,v2 ...] (or --grid repeated): every combination is replayed."
+    ),
 ) -> None:
     """Replay recorded readings through the live flow's windows, rules and anomaly models; score and report.
 
@@ -274,7 +288,7 @@ def replay(
     from dataclasses import replace
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     from connectors.replay_sources import open_input
     from flows.pipeline import PipelineConfig
@@ -283,6 +297,7 @@ def replay(
     from models.evaluation import evaluate
     from models.spec import load_model_specs, parse_grid
 
+    source, grid = _grid_arguments(source, grid, list(ctx.args))
     settings = _settings()
     try:
         data = open_input(source, s3_endpoint_url=settings.s3_endpoint_url)
@@ -301,7 +316,7 @@ def replay(
                       TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as progress:
             task = progress.add_task("replay", total=data.readings)
 
-            def advance(item: object) -> None:
+            def advance(item: object, task: TaskID = task) -> None:  # this run's task, bound now (B023)
                 progress.advance(task, len(item.values) if hasattr(item, "values") else item.num_rows)
 
             started = time.perf_counter()
@@ -320,9 +335,29 @@ def replay(
     typer.echo(f"report: {out}/leaderboard.md and {out}/run-*/report.md")
 
 
+def _grid_arguments(source: str, grid: list[str], extra: list[str]) -> tuple[str, list[str]]:
+    """SOURCE and the grid items of `replay SOURCE --grid a=1,2 b=3,4` (the items after the first arrive as
+    extra arguments) or of a repeated `--grid`. With `--grid ...` before SOURCE, click took the first extra
+    item for SOURCE: the one argument that is no `key=values` is SOURCE then."""
+    from models.spec import GRID_ITEM
+
+    if not extra:
+        return source, grid
+    if not grid:
+        _fail(f"replay: unexpected argument(s) {' '.join(extra)!r}: grid items key=v1,v2 follow --grid")
+    others = [argument for argument in extra if not GRID_ITEM.match(argument)]
+    if not others:
+        return source, [*grid, *extra]
+    if len(others) == 1 and GRID_ITEM.match(source):
+        items = list(extra)
+        items.remove(others[0])
+        return others[0], [*grid, source, *items]
+    _fail(f"replay: unexpected argument(s) {' '.join(others)!r}: give one SOURCE and grid items key=v1,v2")
+
+
 @app.command()
 def demo(
-    duration: Optional[float] = typer.Option(None, min=5, help="Stop after this many seconds (default: Ctrl-C)."),
+    duration: float | None = typer.Option(None, min=5, help="Stop after this many seconds (default: Ctrl-C)."),
     machines: int = typer.Option(1000, min=1),
     rate: float = typer.Option(20_000, min=1, help="Readings per second, whole fleet."),
     seed: int = typer.Option(7),

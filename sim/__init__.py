@@ -9,7 +9,7 @@ Typical use::
 """
 
 from sim.faults import CRITICAL_FAULTS, FAULT_KINDS, FaultLabel, parse_faults
-from sim.fleet import MACHINE_TYPES, Machine, build_fleet, read_fleet_csv, write_fleet_csv
+from sim.fleet import MACHINE_TYPES, Machine, build_fleet, read_fleet_csv, sync_fleet_csv, write_fleet_csv
 from sim.imperfections import DEAD_LETTER_REASONS, IMPERFECTION_KINDS, MALFORMED_KINDS, parse_imperfections
 from sim.producer import ProduceError, ProduceSummary, ensure_topic, produce, record_only
 from sim.recording import LABELS_SCHEMA, RECORDING_SCHEMA
@@ -38,5 +38,6 @@ __all__ = [
     "produce",
     "read_fleet_csv",
     "record_only",
+    "sync_fleet_csv",
     "write_fleet_csv",
 ]

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plantpulse.schema import SCHEMA_VERSION, SENSORS, STATUSES
-
 from sim.signals import DECIMALS
 
 

@@ -3,9 +3,9 @@
 A fraction `fault_rate` of the fleet is affected; each affected machine has one fault kind (a worn
 bearing stays a worn bearing) which recurs after a random healthy gap, so streams of any length see
 faults: the first onset falls within the first 45 s of event time (after `faults_after_s`, default 0: a
-healthy start lets models learn their baselines first, as a deployment on a working plant does). Every occurrence is an *event* with
-a label (machine, fault, start/end tick, detail) and, for the critical kinds, the first and last tick
-at which the critical threshold was actually breached.
+healthy start lets models learn their baselines first, as a deployment on a working plant does). Every
+occurrence is an *event* with a label (machine, fault, start/end tick, detail) and, for the critical kinds,
+the first and last tick at which the critical threshold was actually breached.
 
 Only `overheating` (temperature > 95 degC held >= 45 s) and `pressure_leak` (pressure < 1.0 bar held
 >= 45 s, pumps and compressors only, the machine types the pressure rule covers) cross critical
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from plantpulse.schema import SENSORS
-
 from sim.fleet import Machine
 from sim.signals import (
     DECIMALS,

@@ -7,7 +7,10 @@ and a later re-run all agree on every machine's type without sharing any state.
 from __future__ import annotations
 
 import csv
+import io
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +82,55 @@ def build_fleet(n_machines: int, seed: int = 0) -> list[Machine]:
 
 
 def write_fleet_csv(path: Path, fleet: list[Machine]) -> Path:
-    """Write the machines CSV (`machine_id,site,line,machine_type`) the flow reads; returns `path`."""
+    """Write the machines CSV (`machine_id,site,line,machine_type`) the flow reads; returns `path`.
+
+    Atomic (a temporary file in the same directory, then a rename): a flow starting meanwhile reads the old
+    fleet or the new one, never half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(FLEET_CSV_COLUMNS)
-        writer.writerows((m.machine_id, m.site, m.line, m.machine_type) for m in fleet)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(FLEET_CSV_COLUMNS)
+    writer.writerows((m.machine_id, m.site, m.line, m.machine_type) for m in fleet)
+    # Not mkstemp: its 0600 mode would survive the rename, and the flow may run as another user.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with temporary.open("x", newline="") as out:
+            out.write(text.getvalue())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
+
+
+def sync_fleet_csv(path: Path, fleet: list[Machine]) -> str | None:
+    """Make the machines CSV at `path` list exactly `fleet` (rewritten atomically only when it differs).
+
+    Machine types depend on the simulator's seed and fleet size, so a file left by an earlier run with
+    other ones would give the flow wrong types. Returns None when the file was missing or already listed
+    this fleet (in any order), else a description of the different fleet it replaced.
+    """
+    path = Path(path)
+    if not path.exists():
+        write_fleet_csv(path, fleet)
+        return None
+    wanted = {m.machine_id: m for m in fleet}
+    try:
+        listed = {m.machine_id: m for m in read_fleet_csv(path)}
+    except (OSError, ValueError, TypeError, csv.Error, UnicodeDecodeError) as error:
+        # TypeError: a row short of a column (None where a string belongs). An unreadable file is as wrong
+        # for the flow as a different fleet.
+        write_fleet_csv(path, fleet)
+        return f"a file that is not a readable fleet ({error})"
+    if listed == wanted:
+        return None
+    differing = sum(listed.get(machine_id) != wanted.get(machine_id) for machine_id in listed.keys() | wanted.keys())
+    write_fleet_csv(path, fleet)
+    return f"a different fleet of {len(listed)} machines ({differing} machine ids missing, extra or of another type/place)"
 
 
 def read_fleet_csv(path: Path) -> list[Machine]:

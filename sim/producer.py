@@ -23,7 +23,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from plantpulse.settings import Settings
-
 from sim.faults import FaultLabel
 from sim.imperfections import DUPLICATE, IMPERFECTION_LABELS, MALFORMED_BASE
 from sim.recording import Recorder

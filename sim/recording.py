@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plantpulse.schema import SENSORS, STATUSES, binary_array
-
 from sim.faults import FAULT_KINDS, FaultLabel
 from sim.fleet import Machine, write_fleet_csv
 from sim.imperfections import EXPECTED_REASONS, IMPERFECTION_LABELS

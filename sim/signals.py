@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from plantpulse.schema import SENSORS, STATUSES
-
 from sim.fleet import MACHINE_TYPES, Machine
 
 RUNNING, IDLE, STOPPED, MAINTENANCE, FAULT = (STATUSES.index(s) for s in STATUSES)

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 
 from plantpulse.schema import SENSORS, STATUSES
-
 from sim.encode import ReadingEncoder
 from sim.faults import DEFAULT_FAULT_RATE, FAULT_KINDS, FaultInjector, FaultLabel, parse_faults
 from sim.fleet import Machine

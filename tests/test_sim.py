@@ -28,6 +28,7 @@ from sim import (
     parse_imperfections,
     read_fleet_csv,
     record_only,
+    sync_fleet_csv,
     write_fleet_csv,
 )
 from sim.producer import interval_for_rate, plan
@@ -112,6 +113,25 @@ def test_fleet_is_deterministic_and_well_formed(tmp_path: Path) -> None:
     assert read_fleet_csv(path) == fleet
     with pytest.raises(ValueError, match="n_machines"):
         build_fleet(0)
+
+
+def test_fleet_file_is_synced_to_the_simulated_fleet(tmp_path: Path) -> None:
+    """The machines file is rewritten only when it lists another fleet (types depend on seed and size), and
+    atomically: no temporary file is left behind."""
+    path = tmp_path / "machines.csv"
+    first, second = build_fleet(50, seed=1), build_fleet(80, seed=2)
+    assert sync_fleet_csv(path, first) is None  # created
+    assert read_fleet_csv(path) == first
+    written = path.stat().st_mtime_ns
+    assert sync_fleet_csv(path, list(reversed(first))) is None  # same fleet, other order: left alone
+    assert path.stat().st_mtime_ns == written
+    replaced = sync_fleet_csv(path, second)
+    assert replaced is not None and "50 machines" in replaced
+    assert read_fleet_csv(path) == second
+    path.write_text("machine_id,machine_type\nM00001,pump\n")  # not a fleet file (missing columns)
+    assert "not a readable fleet" in (sync_fleet_csv(path, second) or "")
+    assert read_fleet_csv(path) == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["machines.csv"]
 
 
 # -- determinism ------------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from connectors.broker import EmbeddedBroker
-
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from connectors.broker import EmbeddedBroker
 from plantpulse.schema import Reading
 from plantpulse.settings import Settings
 from sim import Simulator, build_fleet, produce
