@@ -157,14 +157,14 @@ class ModelSpec:
             raise bad("trend.alpha", self.trend_alpha, "must be in (0, 1]")
         if self.prior_windows < 0:
             raise bad("prior_windows", self.prior_windows, "must be >= 0")
-        for name, value in [*((f"min_deviation.{k}", k) for k in self.min_deviation),
+        for name, feature in [*((f"min_deviation.{k}", k) for k in self.min_deviation),
                             *((f"prior.{k}", k) for k in self.prior),
                             *((f"weight.{k}", k) for k in self.weight),
                             *((f"trend_weight.{k}", k) for k in self.trend_weight),
                             *(("exclude_features", k) for k in self.exclude_features),
                             *(("settle_features", k) for k in self.settle_features)]:
-            if value not in FEATURES:
-                raise bad(name, value, f"unknown feature; expected one of {list(FEATURES)}")
+            if feature not in FEATURES:
+                raise bad(name, feature, f"unknown feature; expected one of {list(FEATURES)}")
         for table, values in (("min_deviation", self.min_deviation), ("weight", self.weight)):
             for key, value in values.items():
                 if not value > 0:
@@ -291,7 +291,7 @@ def parse_grid(items: list[str]) -> list[dict[str, str]]:
 
 def _build(name: str, table: dict[str, Any], base: ModelSpec, source: str) -> ModelSpec:
     values: dict[str, Any] = {}
-    per_feature = {table_name: dict(getattr(base, table_name)) for table_name in _PER_FEATURE}
+    per_feature: dict[str, Any] = {table_name: dict(getattr(base, table_name)) for table_name in _PER_FEATURE}
     for key, value in _flatten(table):
         table_name, _, feature = key.partition(".")
         if table_name in per_feature and feature:
