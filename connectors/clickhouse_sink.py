@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge
 
 from connectors.clickhouse_client import connect, redacted_url
 from connectors.clickhouse_schema import apply_schema, load_machines, quote_database
-from connectors.retry import Backoff
+from connectors.retry import Backoff, one_line
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
@@ -167,7 +167,7 @@ class ClickHouseSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
                 delay = backoff.next_delay()
                 logger.warning(
                     "%s: ClickHouse at %s unavailable (attempt %d), retrying in %.2fs: %s",
-                    name, redacted_url(self.settings.clickhouse_url), backoff.failures, delay, _one_line(exc),
+                    name, redacted_url(self.settings.clickhouse_url), backoff.failures, delay, one_line(exc),
                 )
                 time.sleep(delay)
 
@@ -331,7 +331,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
                     self._durable_seq = taken_seq
                     self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the worker thread, which raises it
-            failure = exc if isinstance(exc, SinkFailed) else SinkFailed(f"{self.name}: flusher crashed: {_one_line(exc)}")
+            failure = exc if isinstance(exc, SinkFailed) else SinkFailed(f"{self.name}: flusher crashed: {one_line(exc)}")
             if failure is not exc:
                 failure.__cause__ = exc
             logger.error("%s", failure)
@@ -356,14 +356,14 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
                 if not is_transient(exc):
                     raise SinkFailed(
                         f"{self.name}: insert of {data.num_rows} rows into {self.database}.{table_name} failed "
-                        f"and cannot succeed by retrying: {_one_line(exc)}"
+                        f"and cannot succeed by retrying: {one_line(exc)}"
                     ) from exc
                 delay = self._backoff.next_delay()
                 self.retries += 1
                 INSERT_RETRIES.inc()
                 logger.warning(
                     "%s: insert of %d rows into %s.%s failed (attempt %d), retrying in %.2fs: %s",
-                    self.name, data.num_rows, self.database, table_name, attempt, delay, _one_line(exc),
+                    self.name, data.num_rows, self.database, table_name, attempt, delay, one_line(exc),
                 )
                 time.sleep(delay)
         if attempt > 1:
@@ -377,9 +377,3 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
             self.buffered_rows -= data.num_rows
             BUFFERED_ROWS.dec(data.num_rows)
             self._cond.notify_all()  # writers blocked on a full buffer may continue
-
-
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception as one log-friendly line (server errors carry multi-line stack traces)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

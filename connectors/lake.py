@@ -54,7 +54,7 @@ from connectors.lake_compact import drop_compacted_rows, roll_up_partition
 from connectors.lake_read import QUARANTINE_DIR, read_lake, read_quarantine
 from connectors.lake_state import CarriedHour, FileThresholds, LakeState, PendingHour
 from connectors.quarantine import with_original_columns
-from connectors.retry import Backoff, retry_forever
+from connectors.retry import Backoff, one_line, retry_forever
 from plantpulse.schema import QUARANTINE_ARROW_SCHEMA, READING_ARROW_SCHEMA
 from plantpulse.settings import Settings
 
@@ -330,7 +330,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         except Exception as exc:  # noqa: BLE001 - any store failure; nothing is lost, the small files stay
             ROLL_UP_FAILURES.inc()
             logger.warning("%s: roll-up of %s failed, keeping its small files for now: %s",
-                           self.name, directory, _one_line(exc))
+                           self.name, directory, one_line(exc))
             return
         self._pending.pop(hour, None)
         if result.output is not None:
@@ -393,12 +393,6 @@ def _partition_number(key: str) -> int:
     if not key.startswith(PART_PREFIX) or not number.isdigit():
         raise ValueError(f"lake: item key / partition {key!r} is not '{PART_PREFIX}<kafka partition>'")
     return int(number)
-
-
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception as one log-friendly line."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _schema_name(schema: pa.Schema) -> str:

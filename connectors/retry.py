@@ -89,11 +89,20 @@ def retry_forever(
             if on_failure is not None:
                 on_failure(exc)
             delay = backoff.next_delay()
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, text[:400])
+            log.warning("%s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, one_line(exc))
             time.sleep(delay)
             continue
         if attempt > 1:
             log.info("%s succeeded after %d attempts", what, attempt)
         backoff.reset()
         return result
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one log-friendly line (server errors carry multi-line stack traces).
+
+    >>> one_line(ValueError("first\\n  second"))
+    'first second'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
