@@ -57,11 +57,8 @@ def run_e2e(rate: int = 50_000, seconds: int = 60, machines: int = 5_000, burst:
         settings = Settings(kafka_bootstrap_servers=broker.bootstrap, data_dir=work)
         ensure_topics(settings)
         plantpulse = [sys.executable, "-m", "plantpulse.cli"]
-        flow = subprocess.Popen(plantpulse + ["run"], env=env, stdout=(work / "flow.log").open("wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        flow = start_flow(env, work / "flow.log", port)
         try:
-            while _metric(port, "plantpulse_readings_received_total") < 0:
-                time.sleep(0.2)
             recording = work / "latency.parquet"
             subprocess.run(
                 plantpulse + ["sim", "--machines", str(machines), "--rate", str(rate), "--duration", str(seconds),
@@ -86,12 +83,7 @@ def run_e2e(rate: int = 50_000, seconds: int = 60, machines: int = 5_000, burst:
             producer.wait()
             _wait_until_idle(port, settings.idle_close_seconds + 5)
         finally:
-            os.killpg(flow.pid, signal.SIGINT)
-            try:
-                flow.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(flow.pid, signal.SIGKILL)
-                flow.wait()
+            stop_flow(flow, 30)
     elapsed, processed = samples[-1]
     # Steady-state rate: from the first to the last sample where the flow was still working.
     first = next(s for s in samples if s[1] > 0)
@@ -105,6 +97,27 @@ def run_e2e(rate: int = 50_000, seconds: int = 60, machines: int = 5_000, burst:
         "throughput_run": {"readings": burst, "sustained_readings_per_s": round(sustained),
                            "seconds_to_process": round(elapsed, 1)},
     }
+
+
+def start_flow(env: dict[str, str], log: Path, metrics_port: int) -> subprocess.Popen:
+    """`plantpulse run` in its own process group, returned once its metrics endpoint answers."""
+    flow = subprocess.Popen([sys.executable, "-m", "plantpulse.cli", "run"], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    while _metric(metrics_port, "plantpulse_readings_received_total") < 0:
+        if flow.poll() is not None:
+            raise RuntimeError(f"the flow exited with {flow.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return flow
+
+
+def stop_flow(flow: subprocess.Popen, timeout_s: float) -> None:
+    """A clean stop (SIGINT to the flow's process group), SIGKILL if it takes longer than `timeout_s`."""
+    os.killpg(flow.pid, signal.SIGINT)
+    try:
+        flow.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(flow.pid, signal.SIGKILL)
+        flow.wait()
 
 
 def _wait_until_idle(port: int, quiet_seconds: float) -> None:

@@ -324,10 +324,192 @@ def store_growth(results: Results) -> str:
     ])
 
 
+def _soak_minutes(per_minute: list[dict]) -> list[dict]:
+    """The minutes a README table shows: all of a short run; else the first, every fifth and the last."""
+    if len(per_minute) <= 10:
+        return per_minute
+    return [m for m in per_minute if m["minute"] == 1 or m["minute"] % 5 == 0 or m is per_minute[-1]]
+
+
+def _median_max(figures: dict | None, fmt: Callable[[float], str]) -> str:
+    return f"{fmt(figures['median'])} / {fmt(figures['max'])}" if figures else "–"
+
+
+def soak(results: Results) -> str:
+    s = results.get("soak")
+    if s is None:
+        return missing("soak", "python -m bench.run --only soak")
+    c, incidents = s["config"], s["incidents"]
+
+    def seconds(x: float) -> str:
+        return f"{dec(x, 1)} s"
+
+    def peak(figures: dict | None, fmt: Callable[[float], str]) -> str:
+        return fmt(figures["max"]) if figures else "–"
+
+    rows = [
+        f"| {m['minute']} | {_median_max(m.get('event_time_lag_s'), seconds)} | "
+        f"{n(m['accepted_per_s']['median']) if 'accepted_per_s' in m else '–'} | "
+        f"{peak(m.get('consumer_lag_msgs'), n)} | {peak(m.get('flow_rss_mb'), mb)} | "
+        f"{peak(m.get('broker_rss_mb'), mb)} | "
+        f"{whole(m['broker_cpu_pct']['median']) if 'broker_cpu_pct' in m else '–'} % | "
+        f"{peak(m.get('store_mb'), lambda x: megabytes(x * 1e6))} | "
+        f"{m['incidents_opened']} | {_median_max(m.get('incident_latency_s'), seconds)} |"
+        for m in _soak_minutes(s["per_minute"])
+    ]
+    if incidents["opened_seen"]:
+        lat = incidents["latency_s"]
+        seen = (f"Incident latency (receive time of an `opened` record on the incidents topic minus its "
+                f"`first_seen_ts`), {n(incidents['opened_seen'])} openings: p50 **{seconds(lat['p50'])}**, p90 "
+                f"{seconds(lat['p90'])}, p99 {seconds(lat['p99'])}, max {seconds(lat['max'])}.")
+    else:
+        seen = "No incidents seen: no `opened` record reached the incidents topic during the run."
+    overall = s["overall"]
+    if s.get("ended_early"):
+        seen += f" **The run ended early: {s['ended_early']}.**"
+    lines = [
+        f"Soak (`bench/soak.py`): `plantpulse run` (recovery on) reading `plantpulse sim` at {n(c['rate'])} "
+        f"readings/s from {n(c['machines'])} machines in real time (faults `{c['faults']}` at "
+        f"{dec(c['fault_rate'] * 100, 0)} %) for {c['minutes']:g} minutes through {c['partitions']} partitions of "
+        f"{'the embedded tansu broker' if c.get('broker', '').startswith('embedded') else 'an external broker'}, "
+        f"sampled every {s['sample_every_s']:g} s. Per minute, median / max (a selection of minutes; every one is "
+        f"in `{s['series_file']}`):",
+        "",
+        "| minute | event-time lag | readings accepted/s | consumer lag, messages (max) | flow RSS (max) | "
+        "broker RSS (max) | broker CPU (median, of one core) | recovery store (max) | incidents opened | "
+        "incident latency |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Over the whole run the event-time lag had a median of {seconds(overall['event_time_lag_s']['median'])} "
+        f"and a maximum of {seconds(overall['event_time_lag_s']['max'])}. {seen}"
+        if "event_time_lag_s" in overall else seen,
+    ]
+    return "\n".join([*lines, "", source(results, "soak")])
+
+
+def _per(total: int, count: int) -> float | None:
+    return total / count if count else None
+
+
+def incident_noise(results: Results) -> str:
+    """Incidents vs raw detections on a simulated hour (`bench.incident_noise`)."""
+    s = results.get("incident_noise")
+    if s is None:
+        return missing("incident_noise", "python -m bench.run --only incident-noise")
+    c, k, f = s["config"], s["by_kind"], s["faults"]
+
+    def figure(x: float) -> str:
+        return n(x) if x == whole(x) else dec(x, 1)
+
+    def spread(figures: dict | None, unit: str = "") -> str:
+        return f"{figure(figures['median'])}{unit} / {figure(figures['p90'])}{unit}" if figures else "–"
+
+    def ratio(x: float | None, bold: bool = False) -> str:
+        return "–" if x is None else f"**{dec(x, 1)}**" if bold else dec(x, 1)
+
+    def row(name: str, figures: dict, raw: int, incidents: int, per: float | None, bold: bool = False) -> str:
+        resolved = ", ".join(f"{n(count)} {reason}" for reason, count in figures["resolved"].items()) or "–"
+        return (f"| {name} | {n(raw)} | {n(incidents)} | {ratio(per, bold)} | {resolved} | {n(figures['open_at_end'])} | "
+                f"{spread(figures['duration_s'], ' s')} | {spread(figures['detections'])} |")
+
+    rules = [f"| threshold `{rule}` | {n(r['raw_alerts'])} | {n(r['incidents'])} | {ratio(r['raw_alerts_per_incident'])} "
+             "| | | | |" for rule, r in k["threshold"]["by_rule"].items()]
+    overall = {"resolved": {reason: sum(k[kind]["resolved"].get(reason, 0) for kind in k)
+                            for reason in sorted({r for kind in k for r in k[kind]["resolved"]})},
+               "open_at_end": sum(k[kind]["open_at_end"] for kind in k),
+               "duration_s": s["incident_duration_s"], "detections": s["detections_per_incident"]}
+    faults = [f"| {fault} | {n(r['episodes'])} | {n(r['with_incident'])} | {n(r['incidents']['threshold'])} | "
+              f"{n(r['incidents']['anomaly'])} | {ratio(r['incidents_per_episode_with_one'])} |"
+              for fault, r in f["by_fault"].items()]
+    anomaly = k["anomaly"]
+    lines = [
+        f"Incidents vs raw detections (`bench/incident_noise.py`): {c['minutes']:g} minutes of event time of "
+        f"{n(c['machines'])} simulated machines ({n(s['input']['readings'])} readings; faults `{c['faults']}` on "
+        f"{dec(c['fault_rate'] * 100, 0)} % of the machines, the first after {c['faults_after_s'] / 60:g} healthy "
+        f"minutes; seed {c['seed']}; no transport imperfections) replayed offline through the flow's decode, window, "
+        "rule, anomaly-model and incident steps (one worker, packaged rules and model specs; an incident resolves "
+        f"after {c['resolve_after_windows']} quiet windows of {c['window_seconds']:g} s). Raw alerts are the rows of "
+        "the alerts stream: one per machine, rule and window for the threshold rules, the models' alerts after their "
+        "cooldown. Durations are event time from an incident's first to its last detection; detections are the "
+        "windows it absorbed:",
+        "",
+        "| source | raw alerts | incidents opened | raw alerts per incident | resolved | open at the end | "
+        "duration, median / p90 | detections per incident, median / p90 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rules,
+        row("threshold rules", k["threshold"], k["threshold"]["raw_alerts"], k["threshold"]["incidents"],
+            k["threshold"]["raw_alerts_per_incident"]),
+        row("anomaly models", anomaly, anomaly["raw_alerts"], anomaly["incidents"], anomaly["raw_alerts_per_incident"]),
+        row("all", overall, s["raw_alerts"], s["incidents"], s["raw_alerts_per_incident"], bold=True),
+        "",
+        "The models' own cooldown already holds back most alerts within an anomalous episode; counted in windows, "
+        f"anomaly incidents absorbed {n(anomaly['detections_total'])} of the {n(anomaly['anomalous_windows'])} "
+        f"anomalous windows, {ratio(_per(anomaly['detections_total'], anomaly['incidents']))} per incident, and "
+        f"{n(anomaly['escalated'])} of them "
+        "escalated to critical. A replay has no wall-clock staleness, so incidents resolve by quiet windows only.",
+        "",
+        f"Against the faults the simulator injected ({n(f['episodes'])} episodes on {n(f['machines_with_faults'])} "
+        "machines; an incident belongs to an episode of its machine when its detections fall between the episode's "
+        f"start and {f['match_after_ms'] / 1000:g} s after its end). Incidents are per machine and rule or model, so "
+        "an overheating or leak episode opens a threshold incident and, usually, an anomaly incident:",
+        "",
+        "| injected fault | episodes | with an incident | threshold incidents | anomaly incidents | "
+        "incidents per episode with one |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *faults,
+        f"| no fault | – | – | {n(f['without_fault']['threshold'])} | {n(f['without_fault']['anomaly'])} | – |",
+    ]
+    return "\n".join([*lines, "", source(results, "incident_noise")])
+
+
+def incident_latency(results: Results) -> str:
+    """Seconds from a threshold condition completing to its incident on the topic and in ClickHouse."""
+    s = results.get("incident_latency")
+    if s is None:
+        return missing("incident_latency", "python -m bench.run --only incident-latency")
+
+    def ms(x: float | None) -> str:
+        return "–" if x is None else f"{x / 1000:.2f} s"
+
+    runs = s["per_run"]
+    ok = "✔" if (s["threshold_topic_p99_ms_median"] or 1e9) <= s["target_p99_ms"] and \
+        (s["threshold_clickhouse_p99_ms_median"] or 1e9) <= s["target_p99_ms"] else "✘"
+    lines = [
+        f"`plantpulse run` (recovery on, defaults) reading `plantpulse sim` at {n(s['rate_per_s'])} readings/s from "
+        f"{n(s['machines'])} machines for {s['seconds']} s, overheating and pressure-leak faults on 10 % of them; "
+        f"median of {s['runs']} runs ({n(sum(r['threshold']['topic']['n'] for r in runs))} threshold incidents in all). "
+        "Latency from the incident's `first_seen_ts` (the event time at which the condition had held for "
+        "`for_seconds`; the simulator's event time is the wall clock) to the `opened` record's arrival on the "
+        "`incidents` topic, and to its `incident_events.ingested_at`:",
+        "",
+        "| threshold incidents | p50 | p99 | target |",
+        "| --- | --- | --- | --- |",
+        f"| on the `incidents` topic | {ms(s['threshold_topic_p50_ms_median'])} | "
+        f"**{ms(s['threshold_topic_p99_ms_median'])}** | p99 ≤ {s['target_p99_ms'] / 1000:g} s {ok} |",
+        f"| queryable in ClickHouse | {ms(s['threshold_clickhouse_p50_ms_median'])} | "
+        f"**{ms(s['threshold_clickhouse_p99_ms_median'])}** | p99 ≤ {s['target_p99_ms'] / 1000:g} s {ok} |",
+        "",
+        "Per run (p99 until the incidents step made the transition / from there to the topic; p99 by third of the "
+        "run): " + "; ".join(
+            f"{ms(r['threshold_breakdown']['to_incident_step'].get('p99_ms'))} / "
+            f"{ms(r['threshold_breakdown']['step_to_topic'].get('p99_ms'))}, by third "
+            + ", ".join(ms(x) for x in r["threshold_breakdown"].get("topic_p99_ms_by_third", []))
+            for r in runs) + ".",
+    ]
+    if s.get("without_recovery"):
+        w = s["without_recovery"]
+        lines += ["", f"The same with recovery off (one run): p50 {ms(w['p50_ms'])}, p99 **{ms(w['p99_ms'])}** on the "
+                  "topic: the rest of the p99 is the flow standing still while it takes its snapshot every "
+                  "`SNAPSHOT_INTERVAL_SECONDS` (window state of ~15 s of readings, lake files, ClickHouse sync)."]
+    return "\n".join([*lines, "", source(results, "incident_latency")])
+
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "model-quality": model_quality, "oracle": oracle, "tuning": tuning, "effect": effect,
     "replay-speed": replay_speed, "engine": engine, "recovery-cost": recovery_cost, "end-to-end": end_to_end,
-    "store-growth": store_growth,
+    "store-growth": store_growth, "soak": soak, "incident-noise": incident_noise,
+    "incident-latency": incident_latency,
 }
 _BEGIN = "<!-- bench:{name} begin: generated by `python -m bench.readme` from bench/results; edit bench/readme.py -->"
 _END = "<!-- bench:{name} end -->"

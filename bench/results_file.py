@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 FORMAT = 2
-SECTIONS = ("engine", "recovery_cost", "replay", "model_quality", "tuning", "end_to_end")
+SECTIONS = ("engine", "recovery_cost", "replay", "model_quality", "tuning", "end_to_end", "soak", "incident_noise",
+            "incident_latency")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LATEST = RESULTS / "latest.json"

@@ -5,9 +5,14 @@ tuning seeds, and end-to-end latency.
     python -m bench.run                                       # every section (long)
     python -m bench.run --only recovery-cost [--readings N]   # one section (or several)
     python -m bench.run --skip-e2e --skip-quality             # all but some
+    python -m bench.run --only soak --soak-minutes 10         # the soak, shorter than its default 30 minutes
 
-Sections: engine, recovery-cost, replay, model-quality, tuning, end-to-end. `--readings N` sets the input
-of engine, replay and recovery-cost (defaults: 2,000,000 for engine and replay, 8,000,000 for
+Sections: engine, recovery-cost, replay, model-quality, tuning, end-to-end, soak (`bench/soak.py`: the live flow
+at `--soak-rate` readings/s, default 20,000, for `--soak-minutes`, default 30; series in bench/results/soak/),
+incident-noise (`bench/incident_noise.py`: incidents vs raw detections on a simulated hour of 500 machines),
+incident-latency (`bench/incident_latency.py`: from a threshold condition completing to the incident on the topic
+and in ClickHouse, through the broker at 50,000 readings/s, recovery on, median of 3 runs).
+`--readings N` sets the input of engine, replay and recovery-cost (defaults: 2,000,000 for engine and replay, 8,000,000 for
 recovery-cost, whose 10 s snapshot interval needs a long input; `--recovery-readings` sets it alone).
 
 Results go to `bench/results/latest.json` and `bench/results/run-<UTC time>.json`, both rewritten after each
@@ -29,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import measure, readme
+from bench import incident_latency, incident_noise, measure, readme, soak
 from bench.results_file import RESULTS, command_line, git_state, load, provenance, utc_now, write
 
 # command-line name -> results key
@@ -40,14 +45,19 @@ SECTION_NAMES = {
     "model-quality": "model_quality",
     "tuning": "tuning",
     "end-to-end": "end_to_end",
+    "soak": "soak",
+    "incident-noise": "incident_noise",
+    "incident-latency": "incident_latency",
 }
 SKIP_FLAGS = {"engine": "skip_engine", "recovery-cost": "skip_recovery_cost", "replay": "skip_replay",
-              "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e"}
+              "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e", "soak": "skip_soak",
+              "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(SECTION_NAMES), metavar="SECTION",
+                        type=lambda name: name.replace("_", "-"),  # incident_noise as well as incident-noise
                         help=f"measure only these sections ({', '.join(SECTION_NAMES)})")
     parser.add_argument("--readings", type=int, default=None,
                         help="input readings of engine, replay and recovery-cost (defaults 2M, 2M, 8M)")
@@ -56,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--machines", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--per-event-runs", type=int, default=1)
+    parser.add_argument("--soak-minutes", type=float, default=30.0, help="length of the soak (default 30)")
+    parser.add_argument("--soak-rate", type=int, default=20_000, help="readings/s of the soak (default 20,000)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where latest.json and the run file go (default bench/results; another for trials)")
     for name, flag in SKIP_FLAGS.items():
@@ -64,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.only and any(getattr(args, flag) for flag in SKIP_FLAGS.values()):
         parser.error("--only and --skip-* exclude each other")
-    for flag in ("readings", "recovery_readings", "machines", "runs", "per_event_runs"):
+    for flag in ("readings", "recovery_readings", "machines", "runs", "per_event_runs", "soak_minutes", "soak_rate"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -93,6 +105,11 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[], dict]]]:
         "model-quality": ("python -m bench.run --only model-quality", measure.model_quality),
         "tuning": ("python -m bench.run --only tuning", measure.tuning),
         "end-to-end": ("python -m bench.run --only end-to-end", measure.end_to_end),
+        "soak": (f"python -m bench.run --only soak --soak-minutes {args.soak_minutes:g} --soak-rate {args.soak_rate}",
+                 lambda: soak.run_soak(soak.SoakConfig(minutes=args.soak_minutes, rate=args.soak_rate),
+                                       directory=args.results_dir / "soak")),
+        "incident-noise": (incident_noise.NoiseConfig().reproduce(), incident_noise.measure),
+        "incident-latency": ("python -m bench.run --only incident-latency", incident_latency.measure),
     }
 
 

@@ -39,6 +39,7 @@ from connectors.retry import Backoff, one_line
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
+    INCIDENT_ARROW_SCHEMA,
     MACHINE_STATE_ARROW_SCHEMA,
     WINDOW_STATS_ARROW_SCHEMA,
 )
@@ -51,7 +52,12 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "alerts": ALERT_ARROW_SCHEMA,
     "machine_state": MACHINE_STATE_ARROW_SCHEMA,
     "anomaly_scores": ANOMALY_SCORE_ARROW_SCHEMA,
+    "incidents": INCIDENT_ARROW_SCHEMA,
+    "incident_events": INCIDENT_ARROW_SCHEMA,
 }
+# Incidents are few and someone is waiting for them: their rows are inserted at once, not after the
+# flush interval that batches the high-volume tables (with whatever else is pending at that moment).
+URGENT_TABLES = frozenset({"incidents", "incident_events"})
 
 ROWS_INSERTED = Counter("plantpulse_clickhouse_rows_inserted", "Rows inserted into ClickHouse.", ["table"])
 INSERTS = Counter("plantpulse_clickhouse_inserts", "Successful ClickHouse inserts.", ["table"])
@@ -209,6 +215,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
         self._flush_upto = 0  # flush now (without waiting for age) until _durable_seq reaches this
         self._stopping = False
         self._blocked_writers = 0  # writers waiting for room: flush without waiting for the rows' age
+        self._urgent = False  # an URGENT_TABLES table is pending: flush without waiting for the rows' age
         self._failure: SinkFailed | None = None
         # Counters for tests and operators (the Prometheus metrics below aggregate all partitions).
         self.rows_inserted: dict[str, int] = {table: 0 for table in TABLE_SCHEMAS}
@@ -241,6 +248,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
                         self._blocked_writers -= 1
                 self._raise_if_failed()
                 self._pending.setdefault(table_name, []).append(table)
+                self._urgent = self._urgent or table_name in URGENT_TABLES
                 if self._pending_since is None:
                     self._pending_since = time.monotonic()
                 self.buffered_rows += table.num_rows
@@ -307,7 +315,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
         if not self._pending:
             return False
         full = self._blocked_writers > 0 or self.buffered_rows >= self.max_buffer_rows
-        forced = self._flush_upto > self._durable_seq or self._stopping
+        forced = self._flush_upto > self._durable_seq or self._stopping or self._urgent
         aged = self._pending_since is not None and time.monotonic() - self._pending_since >= self.flush_seconds
         return full or forced or aged
 
@@ -323,7 +331,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
                             timeout = max(0.0, self._pending_since + self.flush_seconds - time.monotonic())
                         # Waiting with a deadline is what flushes old rows when no new items arrive.
                         self._cond.wait(timeout)
-                    batch, self._pending, self._pending_since = self._pending, {}, None
+                    batch, self._pending, self._pending_since, self._urgent = self._pending, {}, None, False
                     taken_seq = self._written_seq
                 for table_name, tables in batch.items():
                     self._insert(table_name, pa.concat_tables(tables))

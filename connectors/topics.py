@@ -71,6 +71,10 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
         settings.telemetry_topic: {"retention.ms": str(7 * _DAY_MS), "cleanup.policy": "delete"},
         settings.alerts_topic: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete"},
         settings.deadletter_topic: {"retention.ms": str(14 * _DAY_MS), "cleanup.policy": "delete"},
+        # Incident transitions are the notifier's input and what `plantpulse alerts list` folds when the
+        # embedded database is busy: kept as long as an open incident can plausibly stay open.
+        settings.incidents_topic: {"retention.ms": str(90 * _DAY_MS), "cleanup.policy": "delete"},
+        settings.incident_commands_topic: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete"},
     }
 
 
@@ -92,13 +96,17 @@ def _check_names(topics: Iterable[str]) -> None:
             raise ValueError(f"invalid Kafka topic name {topic!r}: use 1-249 of [A-Za-z0-9._-]")
 
 
-def ensure_topics(settings: Settings, partitions: int | None = None, *, timeout_s: float = 10.0) -> None:
-    """Create the telemetry, alerts and dead-letter topics if missing, and wait until metadata lists them.
+def ensure_topics(
+    settings: Settings, partitions: int | None = None, *, timeout_s: float = 10.0,
+    only: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """Create the telemetry, alerts, dead-letter and incident topics if missing, and wait until metadata lists them.
 
     :arg settings: Cluster connection and topic names.
     :arg partitions: Partition count for topics created here; defaults to `settings.topic_partitions`.
         Existing topics are left as they are (a differing count is logged, not changed).
     :arg timeout_s: Overall time limit for creation and metadata propagation.
+    :arg only: Other topics (name -> topic config) to create instead (`plantpulse notify`'s own).
     :raises ValueError: Invalid topic name or partition count.
     :raises RuntimeError: The broker refused to create a topic (other than "already exists").
     :raises TimeoutError: The topics did not appear in metadata in time.
@@ -106,7 +114,7 @@ def ensure_topics(settings: Settings, partitions: int | None = None, *, timeout_
     count = settings.topic_partitions if partitions is None else partitions
     if count < 1:
         raise ValueError(f"ensure_topics: partitions must be >= 1, got {count!r}")
-    configs = topic_configs(settings)
+    configs = topic_configs(settings) if only is None else only
     _check_names(configs)
     admin = _admin(settings)
     deadline = time.monotonic() + timeout_s

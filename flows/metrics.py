@@ -17,6 +17,9 @@ SEQ_RESETS = Counter(
 WINDOWS_EMITTED = Counter("plantpulse_windows_emitted_total", "Closed (machine, window) rows emitted.")
 ALERTS_RAISED = Counter("plantpulse_alerts_total", "Alerts raised.", ["severity"])
 STALE_MACHINES = Counter("plantpulse_stale_transitions_total", "Machines that turned stale.")
+INCIDENT_TRANSITIONS = Counter(
+    "plantpulse_incident_transitions_total", "Incident transitions (opened, escalated, ...).", ["transition", "kind"]
+)
 EVENT_TIME_LAG = Gauge("plantpulse_event_time_lag_seconds", "Wall clock minus the newest event time closed.")
 
 _log = logging.getLogger("plantpulse.metrics")

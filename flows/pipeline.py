@@ -19,7 +19,16 @@ from bytewax.dataflow import Stream, operator
 from flows import metrics
 from flows.anomaly_logic import AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
-from flows.fleet import load_machine_types
+from flows.fleet import load_machine_sites, load_machine_types
+from flows.incident_logic import (
+    AnomalyEvents,
+    CommandItem,
+    IncidentConfig,
+    IncidentLogic,
+    IncidentOutput,
+    decode_commands,
+    threshold_events,
+)
 from flows.rules import ThresholdRule, load_rules
 from flows.window_logic import ShardSplitter, ShardWindowLogic, restore_windows
 from flows.window_state import ShardWindows, WindowConfig, WindowOutput
@@ -39,6 +48,17 @@ class PipelineConfig:
     machine_types: dict[str, str]
     shards: int
     models: ModelSpecs | None = None  # None: no anomaly models
+    resolve_after_windows: int = 6  # incidents: default quiet windows before one resolves
+    machine_sites: dict[str, str] | None = None
+
+    def incident_config(self) -> IncidentConfig:
+        return IncidentConfig(
+            resolve_after=self.resolve_after_windows,
+            window_ms=self.windows.window_ms,
+            rules={rule.id: rule for rule in self.rules},
+            models=self.models,
+            sites=self.machine_sites or {},
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineConfig:
@@ -59,6 +79,8 @@ class PipelineConfig:
             machine_types=load_machine_types(Path(settings.machines_file)) if settings.machines_file else {},
             shards=settings.state_shards,
             models=load_model_specs(settings.models_file),
+            resolve_after_windows=settings.incident_resolve_after_windows,
+            machine_sites=load_machine_sites(Path(settings.machines_file)) if settings.machines_file else {},
         )
 
 
@@ -71,6 +93,8 @@ class PipelineStreams:
     alerts: Stream[pa.Table]  # threshold and anomaly alerts
     machine_state: Stream[pa.Table]
     anomaly_scores: Stream[pa.Table]
+    incident_states: Stream[pa.Table]  # every new version of an incident (the `incidents` table)
+    incident_transitions: Stream[pa.Table]  # opened, escalated, ... (`incident_events`, `incidents` topic)
 
 
 @dataclass
@@ -80,13 +104,22 @@ class AnalysisStreams:
     machine_state: Stream[pa.Table]
     anomaly_scores: Stream[pa.Table]
     late: Stream[list[DeadLetter]]
+    incident_states: Stream[pa.Table]
+    incident_transitions: Stream[pa.Table]
+    rejected_commands: Stream[list[DeadLetter]]
 
 
 @operator
 def process_telemetry(
-    step_id: str, raw: Stream[RawBatch], config: PipelineConfig, clock: Callable[[], float] = time.time
+    step_id: str,
+    raw: Stream[RawBatch],
+    config: PipelineConfig,
+    clock: Callable[[], float] = time.time,
+    commands: Stream[RawBatch] | None = None,
 ) -> PipelineStreams:
-    """Decode, validate, window and evaluate rules on a stream of raw polls (a composite operator)."""
+    """Decode, validate, window and evaluate rules on a stream of raw polls (a composite operator).
+
+    `commands`: polls of the `incident-commands` topic (operators' ack/resolve/comment), if any."""
     decoder = BatchDecoder(config.limits)
 
     def decode(batch: RawBatch) -> DecodedBatch:
@@ -97,12 +130,20 @@ def process_telemetry(
         return decoded
 
     decoded = op.map("decode", raw, decode)
-    analysis = analyse_readings("analyse", op.map("readings", decoded, lambda d: d.readings), config, clock)
-    letter_batches = op.filter(
-        "dead_letter_batches",
-        op.merge("rejected", op.map("invalid", decoded, lambda d: d.dead_letters), analysis.late),
-        bool,
-    )
+    keyed_commands: Stream[tuple[str, CommandItem]] | None = None
+    bad_commands: Stream[list[DeadLetter]] | None = None
+    if commands is not None:
+        items = op.flat_map("decode_commands", commands, lambda batch: decode_commands(batch, config.shards))
+        keyed_commands = op.filter_map(
+            "commands", items, lambda i: (i[0], i[1]) if isinstance(i[1], CommandItem) else None
+        )
+        bad_commands = op.filter_map("bad_commands", items, lambda i: [i[1]] if isinstance(i[1], DeadLetter) else None)
+    readings = op.map("readings", decoded, lambda d: d.readings)
+    analysis = analyse_readings("analyse", readings, config, clock, keyed_commands)
+    rejected = [op.map("invalid", decoded, lambda d: d.dead_letters), analysis.late, analysis.rejected_commands]
+    if bad_commands is not None:
+        rejected.append(bad_commands)
+    letter_batches = op.filter("dead_letter_batches", op.merge("rejected", *rejected), bool)
     return PipelineStreams(
         decoded=decoded,
         dead_letters=op.flat_map("dead_letters", letter_batches, lambda letters: letters),
@@ -111,14 +152,20 @@ def process_telemetry(
         alerts=analysis.alerts,
         machine_state=analysis.machine_state,
         anomaly_scores=analysis.anomaly_scores,
+        incident_states=analysis.incident_states,
+        incident_transitions=analysis.incident_transitions,
     )
 
 
 @operator
 def analyse_readings(
-    step_id: str, readings: Stream[pa.Table], config: PipelineConfig, clock: Callable[[], float] = time.time
+    step_id: str,
+    readings: Stream[pa.Table],
+    config: PipelineConfig,
+    clock: Callable[[], float] = time.time,
+    commands: Stream[tuple[str, CommandItem]] | None = None,
 ) -> AnalysisStreams:
-    """Shard, window, evaluate rules and score anomaly models on decoded reading tables (a composite)."""
+    """Shard, window, evaluate rules, score anomaly models and keep incidents on decoded reading tables."""
 
     def build_logic(snapshot: bytes | None) -> ShardWindowLogic:
         fresh = ShardWindows(config.windows, list(config.rules), config.machine_types)
@@ -131,6 +178,14 @@ def analyse_readings(
     threshold_alerts = op.filter_map("alerts", outputs, lambda o: o.alerts if o.alerts and o.alerts.num_rows else None)
     window_stats = op.filter_map("window_stats", outputs, lambda o: o.window_stats)
     anomaly_scores: Stream[pa.Table]
+    incident_inputs: list[Stream] = [
+        op.filter_map_value(
+            "threshold_events", keyed_outputs,
+            lambda o: threshold_events(o.early, o.alerts, o.window_stats, o.silent),
+        )
+    ]
+    if commands is not None:
+        incident_inputs.append(commands)
     if config.models is None:
         anomaly_scores = op.filter_map("no_models", window_stats, lambda _: None)
         alerts = threshold_alerts
@@ -141,16 +196,41 @@ def analyse_readings(
         def build_models(snapshot: bytes | None) -> AnomalyLogic:
             return AnomalyLogic.restore(snapshot, lambda: FleetModels(specs), clock)
 
-        scored = op.key_rm("scored", op.stateful_batch("anomaly", keyed_windows, build_models))
+        keyed_scored = op.stateful_batch("anomaly", keyed_windows, build_models)
+        incident_inputs.append(
+            op.filter_map_value(
+                "anomaly_events", keyed_scored, lambda s: AnomalyEvents(s.scores) if s.scores.num_rows else None
+            )
+        )
+        scored = op.key_rm("scored", keyed_scored)
         anomaly_scores = op.filter_map("anomaly_scores", scored, lambda s: s.scores if s.scores.num_rows else None)
         alerts = op.merge("all_alerts", threshold_alerts, op.filter_map("anomaly_alerts", scored, _anomaly_alerts))
+    incident_config = config.incident_config()
+
+    def build_incidents(snapshot: bytes | None) -> IncidentLogic:
+        return IncidentLogic.restore(snapshot, incident_config, clock)
+
+    incidents: Stream[IncidentOutput] = op.key_rm(
+        "incident_outputs", op.stateful_batch("incidents", op.merge("incident_inputs", *incident_inputs), build_incidents)
+    )
+    transitions = op.filter_map("incident_transitions", incidents, _count_transitions)
     return AnalysisStreams(
         window_stats=window_stats,
         alerts=alerts,
         machine_state=op.filter_map("machine_state", outputs, lambda o: o.machine_state),
         anomaly_scores=anomaly_scores,
         late=op.map("late", outputs, lambda o: o.dead_letters or []),
+        incident_states=op.filter_map("incident_states", incidents, lambda i: i.states),
+        incident_transitions=transitions,
+        rejected_commands=op.filter_map("rejected_commands", incidents, lambda i: i.rejected or None),
     )
+
+
+def _count_transitions(output: IncidentOutput) -> pa.Table | None:
+    if output.transitions is not None:
+        for transition, kind in zip(output.transitions["transition"].to_pylist(), output.transitions["kind"].to_pylist()):
+            metrics.INCIDENT_TRANSITIONS.labels(transition, kind).inc()
+    return output.transitions
 
 
 def _anomaly_alerts(scored: ScoredWindows) -> pa.Table | None:

@@ -15,6 +15,7 @@ Rules file (TOML)::
     for_seconds = 20
     severity = "critical"
     machine_types = ["*"]      # or e.g. ["pump", "compressor"]
+    resolve_after_windows = 6  # optional: quiet windows before its incident resolves (flows/incidents.py)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ThresholdRule:
     for_seconds: float
     severity: str
     machine_types: frozenset[str] | None  # None: every machine type
+    resolve_after_windows: int | None = None  # quiet windows before its incident resolves; None: the setting
 
     def applies_to(self, machine_type: str) -> bool:
         return self.machine_types is None or machine_type in self.machine_types
@@ -98,7 +100,10 @@ def _parse_rule(path: Path, index: int, entry: dict) -> ThresholdRule:
         raise RulesFileError(f"{where}: for_seconds={for_seconds} must be >= 0")
     types = entry.get("machine_types", ["*"])
     machine_types = None if "*" in types else frozenset(str(t) for t in types)
-    return ThresholdRule(rule_id, sensor, op, threshold, for_seconds, severity, machine_types)
+    resolve_after = entry.get("resolve_after_windows")
+    if resolve_after is not None and (not isinstance(resolve_after, int) or resolve_after < 1):
+        raise RulesFileError(f"{where}: resolve_after_windows={resolve_after!r} must be an integer >= 1")
+    return ThresholdRule(rule_id, sensor, op, threshold, for_seconds, severity, machine_types, resolve_after)
 
 
 class RuleCarry:

@@ -24,9 +24,10 @@ from connectors.kafka import (
 )
 from connectors.lake import QUARANTINE_DIR, LakeSink
 from connectors.quarantine import quarantine_table
-from connectors.topics import partition_count
+from connectors.topics import ensure_topics, partition_count, topic_configs
 from flows import metrics
 from flows.decode import DeadLetter, DecodedBatch
+from flows.incidents import rows_as_ms
 from flows.pipeline import PipelineConfig, process_telemetry
 from plantpulse.schema import ALERT_ARROW_SCHEMA, QUARANTINE_ARROW_SCHEMA
 from plantpulse.settings import Settings
@@ -38,7 +39,15 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
     metrics.serve_metrics(settings.metrics_port)
     flow = Dataflow("plantpulse_telemetry")
     raw = op.input("telemetry_in", flow, TelemetrySource(settings, tail=tail))
-    streams = process_telemetry("process", raw, PipelineConfig.from_settings(settings))
+    # Operators' incident commands (`plantpulse alerts ack ...`) come through Kafka: with embedded chDB this
+    # process owns the database, so the flow itself applies and records them.
+    # The flow owns both incident topics: create them if missing (a cluster that forbids it says so here).
+    configs = topic_configs(settings)
+    ensure_topics(settings, only={t: configs[t] for t in (settings.incidents_topic, settings.incident_commands_topic)})
+    commands = op.input(
+        "incident_commands_in", flow, TelemetrySource(settings, topic=settings.incident_commands_topic, tail=tail)
+    )
+    streams = process_telemetry("process", raw, PipelineConfig.from_settings(settings), commands=commands)
 
     def dead_letter(letter: DeadLetter) -> KafkaRecord:
         return dead_letter_record(
@@ -63,8 +72,15 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         op.flat_map("alert_records", streams.alerts, alert_records),
         KafkaRecordSink(settings, settings.alerts_topic),
     )
+    op.output(
+        "incidents_kafka_out",
+        op.flat_map("incident_records", streams.incident_transitions, incident_records),
+        KafkaRecordSink(settings, settings.incidents_topic),
+    )
     tables = op.merge(
         "tables",
+        op.map("incident_rows", streams.incident_states, lambda t: ("incidents", ("incidents", t))),
+        op.map("incident_event_rows", streams.incident_transitions, lambda t: ("incidents", ("incident_events", t))),
         op.map("window_rows", streams.window_stats, lambda t: ("window_stats", ("window_stats", t))),
         op.map("alert_rows", streams.alerts, lambda t: ("alerts", ("alerts", t))),
         op.map("state_rows", streams.machine_state, lambda t: ("machine_state", ("machine_state", t))),
@@ -140,6 +156,16 @@ def alert_records(alerts: pa.Table) -> list[KafkaRecord]:
     """One JSON record per alert, keyed by machine, timestamps as epoch milliseconds."""
     rows = alerts.cast(_ALERTS_AS_MS).to_pylist()
     return [KafkaRecord(key=row["machine_id"].encode(), value=orjson.dumps(row), headers=None) for row in rows]
+
+
+def incident_records(transitions: pa.Table) -> list[KafkaRecord]:
+    """One JSON record per incident transition, keyed by machine; `event_id` is the idempotency key."""
+    return [
+        KafkaRecord(
+            key=row["machine_id"].encode(), value=orjson.dumps(row), headers=[("event_id", row["event_id"].encode())]
+        )
+        for row in rows_as_ms(transitions)
+    ]
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -83,7 +83,8 @@ class ShardWindowLogic(StatefulBatchLogic[pa.Table, WindowOutput, bytes]):
     def on_batch(self, values: list[pa.Table]) -> tuple[Iterable[WindowOutput], bool]:
         now = self._now()
         outputs = [self.windows.add(table, now) for table in values]
-        if now - self.last_close_s >= CLOSE_INTERVAL_S:
+        # An incident waiting for its machine's earlier windows to be emitted does not wait for the interval.
+        if now - self.last_close_s >= CLOSE_INTERVAL_S or self.windows.early_waiting_for_close():
             self.last_close_s = now
             outputs.append(self.windows.close(now))
         return [o for o in outputs if _has_content(o)], StatefulBatchLogic.RETAIN
@@ -121,6 +122,7 @@ def _has_content(output: WindowOutput) -> bool:
         output.window_stats is not None
         or output.machine_state is not None
         or output.dead_letters
+        or output.early
         or output.duplicates
         or output.accepted
     )

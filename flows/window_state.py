@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.decode import LATE, DeadLetter
+from flows.early_rules import EarlyBreaches, EarlyDetection
 from flows.rules import RuleCarry, ThresholdRule, evaluate_rules
 from flows.sequence_epochs import SequenceEpochs, running_max_before
 from flows.window_stats import ClosedReadings, Groups, window_stats_table
@@ -71,6 +72,11 @@ class WindowOutput:
     duplicates: int = 0
     accepted: int = 0
     seq_resets: int = 0  # sequence counters found restarted (see flows.sequence_epochs)
+    # Threshold rules whose condition completed while the window is open: (machine_id, machine_type, detection).
+    early: list[tuple[str, str, EarlyDetection]] | None = None
+    # Machines that turned stale by wall-clock silence (not by event time behind their shard: that depends on
+    # read order during a catch-up). Their open incidents resolve.
+    silent: list[str] | None = None
 
 
 class ShardWindows:
@@ -91,6 +97,8 @@ class ShardWindows:
         self.epochs = SequenceEpochs(config.dedup_seq_window)  # duplicate memory and sequence resets
         self.last_state = _LastState()  # latest machine_state values per machine, for stale markers
         self.carry = RuleCarry(len(rules))
+        self.early = EarlyBreaches(len(rules))  # breach runs followed reading by reading (flows.early_rules)
+        self.pending_early: list[EarlyDetection] = []  # held until the machine's earlier windows have closed
         self.rule_keys = [_rule_key(rule) for rule in rules]  # which rule each carry column belongs to
         self.stream_max_ts = _NEVER
         self.buffer: list[dict[str, np.ndarray]] = []
@@ -108,25 +116,35 @@ class ShardWindows:
         restore too (their missing parts start empty)."""
         rule_keys = self.rule_keys
         self.__dict__.update(state)
+        self.__dict__.setdefault("pending_early", [])
         self._ids_array = None
         self.last_arrival_s[:] = now_s
         if "seen_generation" in state:  # from before sequence epochs: the duplicate memory alone
             self.epochs = SequenceEpochs.from_memory(self.__dict__.pop("seen_generation"))
         self.epochs.fit(self.config.dedup_seq_window, len(self.max_ts))
         self.last_state.add_missing_columns()
-        self._adopt_rules(state.get("rule_keys"), rule_keys)
+        self._adopt_rules(state.get("rule_keys"), rule_keys, had_early="early" in state)
 
     def pause(self, seconds: float) -> None:
         """The flow itself stood still for `seconds` (a sink holding it back, a long GC): readings waited in
         Kafka, so that time is not silence of the machines. Arrival clocks move on by it."""
         self.last_arrival_s += seconds
 
-    def _adopt_rules(self, snapshot_keys: list[tuple[str, str]] | None, keys: list[tuple[str, str]]) -> None:
+    def _adopt_rules(
+        self, snapshot_keys: list[tuple[str, str]] | None, keys: list[tuple[str, str]], had_early: bool = True
+    ) -> None:
         """Carry breach runs over rule by rule: a rule whose definition changed (or that is new) starts its
         runs afresh; the runs of removed rules are dropped; the others continue, wherever the rule now is."""
         if snapshot_keys is None:  # a snapshot from before rule keys: trusted if the number of rules matches
             snapshot_keys = keys if self.carry.seconds.shape[1] == len(keys) else []
-        old, column = self.carry, {key: j for j, key in enumerate(snapshot_keys)}
+        column = {key: j for j, key in enumerate(snapshot_keys)}
+        if had_early:
+            self.early.grow(len(self.max_ts))
+            self.early.adopt_rules([column.get(key) for key in keys])
+        else:  # a snapshot from before early detection: its runs start afresh
+            self.early = EarlyBreaches(len(keys))
+            self.early.grow(len(self.max_ts))
+        old = self.carry
         self.carry = RuleCarry(len(keys))
         self.carry.grow(max(len(old.window_end), len(self.max_ts)))
         self.carry.window_end[: len(old.window_end)] = old.window_end
@@ -185,7 +203,38 @@ class ShardWindows:
             for sensor in SENSORS:
                 chunk[sensor] = table[sensor].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
             self.buffer.append(chunk)
+            found = self.early.observe(
+                self.rules, chunk["midx"], chunk["ts"], chunk["seq"], chunk,
+                np.asarray(self.types, dtype=object), window_ms,
+            )
+            if found:
+                self.pending_early.extend(found)
+                self._release_early(output)
         return output
+
+    def early_waiting_for_close(self) -> bool:
+        """Whether a close now would release a held early detection (its machine's watermark allows it)."""
+        window_ms, lateness_ms = self.config.window_ms, self.config.lateness_ms
+        for d in self.pending_early:
+            watermark = int(self.max_ts[d.midx]) - lateness_ms
+            if watermark - watermark % window_ms >= d.window_start - window_ms:
+                return True
+        return False
+
+    def _release_early(self, output: WindowOutput) -> None:
+        """Hand on early detections once the machine's windows before the previous one have closed.
+
+        Incidents take a machine's windows in order; a catch-up reads many windows between two closes, and a
+        detection in a late window must not overtake the earlier windows' closing (live, nothing waits: the
+        window before last closed a second after its end)."""
+        window_ms = self.config.window_ms
+        ready: list[EarlyDetection] = []
+        waiting: list[EarlyDetection] = []
+        for d in self.pending_early:
+            (ready if self.closed_until[d.midx] >= d.window_start - window_ms else waiting).append(d)
+        if ready:
+            self.pending_early = waiting
+            output.early = (output.early or []) + [(self.ids[d.midx], self.types[d.midx], d) for d in ready]
 
     def _machine_indices(self, machine_ids: pa.ChunkedArray) -> np.ndarray:
         found = pc.index_in(machine_ids, value_set=self._known_ids())
@@ -220,6 +269,7 @@ class ShardWindows:
         self.stale = np.concatenate((self.stale, np.zeros(extra, dtype=bool)))
         self.epochs.grow(size)
         self.carry.grow(size)
+        self.early.grow(size)
 
     # -- closing -------------------------------------------------------------------------------
     def close(self, now_s: float, flush_all: bool = False) -> WindowOutput:
@@ -249,7 +299,9 @@ class ShardWindows:
                 self.buffer = [_take(rows, np.flatnonzero(~closing))] if not closing.all() else []
                 self._emit(closed, emitted_at, output)
             np.maximum(self.closed_until[:n_machines], target, out=self.closed_until[:n_machines])
-        output.machine_state = _concat(output.machine_state, self._stale_markers(now_s))
+        if self.pending_early:
+            self._release_early(output)
+        output.machine_state = _concat(output.machine_state, self._stale_markers(now_s, output))
         return output
 
     def _emit(self, rows: dict[str, np.ndarray], emitted_at: int, output: WindowOutput) -> None:
@@ -294,7 +346,7 @@ class ShardWindows:
         self.stale[machines] = False
         return state
 
-    def _stale_markers(self, now_s: float) -> pa.Table | None:
+    def _stale_markers(self, now_s: float, output: WindowOutput) -> pa.Table | None:
         n = len(self.ids)
         silent_wall = (now_s - self.last_arrival_s[:n]) >= self.config.stale_after_s
         silent_event = (self.stream_max_ts - self.max_ts[:n]) >= self.config.stale_after_s * 1000
@@ -303,6 +355,9 @@ class ShardWindows:
         if not len(turning):
             return None
         self.stale[turning] = True
+        silent = turning[silent_wall[turning]]
+        if len(silent):
+            output.silent = [self.ids[i] for i in silent.tolist()]
         return self.last_state.rows(turning, "stale", int(now_s * 1000), self.epochs.resets[turning])
 
     def _consolidate(self) -> None:

@@ -26,6 +26,9 @@ table uses `[default]`::
     cooldown_windows = 6                # one alert per anomalous episode, and none within this many windows
     learn_below = 0.6                   # windows scoring above this fraction of the threshold are not learned
     relearn_after_windows = 90          # ... unless that lasts this long: then it is the new normal
+    [default.incident]                  # incidents, not the model (flows/incidents.py)
+    resolve_after_windows = 6           # quiet scored windows before an anomaly incident resolves
+    critical_ratio = 2.0                # a score of this many times the threshold makes it critical
     [default.regression]                # operating-point regressions of the *_residual features
     alpha = 0.01                        # their forgetting rate per window
     min_windows = 10                    # slopes used once a machine x mode has learned this many windows
@@ -119,6 +122,9 @@ class ModelSpec:
     weight: dict[str, float] = field(default_factory=dict)
     trend_alpha: float = 0.5
     trend_weight: dict[str, float] = field(default_factory=dict)
+    # Incidents (flows/incidents.py), not the model: changing them does not reset a machine's learned state.
+    incident_resolve_after_windows: int = 0  # quiet scored windows before an incident resolves; 0: the setting
+    incident_critical_ratio: float = 0.0  # a score this many times its threshold is critical; 0: never
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, need: str) -> ValueError:
@@ -131,6 +137,9 @@ class ModelSpec:
             if getattr(self, key) < 1:
                 raise bad(key.replace("_", ".", 1) if key.startswith(("alert_", "hst_")) else key, getattr(self, key),
                           "must be >= 1")
+        if self.incident_resolve_after_windows < 0 or self.incident_critical_ratio < 0:
+            raise bad("incident", (self.incident_resolve_after_windows, self.incident_critical_ratio),
+                      "need resolve_after_windows >= 0 and critical_ratio >= 0")
         if self.settle_windows < 0:
             raise bad("settle_windows", self.settle_windows, "must be >= 0")
         if not 0 < self.alpha <= 1:

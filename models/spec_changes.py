@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 
 def spec_fingerprint(spec: ModelSpec) -> str:
-    """A digest of every field of `spec` (its name included): equal fingerprints, equal models."""
-    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    """A digest of every model field of `spec` (its name included): equal fingerprints, equal models.
+
+    The `incident_*` fields only shape incidents, so changing them keeps the machines' learned state."""
+    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if not f.name.startswith("incident_")}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""`plantpulse` command line: broker, sim, run, sql, lake, replay, demo. The roof of the house: nothing imports it.
+"""`plantpulse` command line: broker, sim, run, sql, lake, replay, alerts, demo. The roof of the house: nothing imports it.
 
 Every command reads its configuration from the environment (`plantpulse.settings`); options only cover
 what differs per invocation. Errors end with a one-line reason on stderr and a non-zero exit code.
@@ -206,6 +206,35 @@ def _stopped_by_signal(error: BaseException) -> bool:
     return False
 
 
+@app.command()
+def notify(
+    routes: Path | None = typer.Option(None, "--routes", help="Routing file (default: $NOTIFY_ROUTES_FILE)."),
+    until_idle: float | None = typer.Option(
+        None, "--until-idle", min=0.1, help="Exit 0 once the topic is consumed and nothing happened for S seconds."
+    ),
+) -> None:
+    """Deliver incident transitions from $INCIDENTS_TOPIC to webhooks, Slack, e-mail and logs by the routing file."""
+    from plantpulse.stopping import install_stop_handlers
+
+    install_stop_handlers()  # first, so a signal during start-up is a clean stop too
+    from notify.ledger import LedgerBusyError
+    from notify.service import Notifier
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        notifier = Notifier.from_settings(settings, routes)
+    except ValueError as error:  # the routing file, or a channel's environment variable
+        _fail(str(error))
+    _require_kafka(settings)
+    try:
+        notifier.run(until_idle_s=until_idle)
+    except (LedgerBusyError, ValueError, LookupError, TimeoutError) as error:  # topics, ledger
+        _fail(str(error))
+    except (OSError, RuntimeError) as error:
+        _fail(f"notify stopped: {error}", code=1)
+
+
 class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -355,19 +384,145 @@ def _grid_arguments(source: str, grid: list[str], extra: list[str]) -> tuple[str
     _fail(f"replay: unexpected argument(s) {' '.join(others)!r}: give one SOURCE and grid items key=v1,v2")
 
 
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert incidents: list them, acknowledge, comment, resolve.")
+app.add_typer(alerts_app, name="alerts")
+
+
+class IncidentSource(str, Enum):
+    auto = "auto"
+    kafka = "kafka"
+    clickhouse = "clickhouse"
+
+
+def _incidents(settings: Settings, source: IncidentSource) -> dict[str, dict]:
+    """Current incidents: from a ClickHouse server, else from the `incidents` topic (the running flow owns chDB)."""
+    from connectors.incident_feed import incidents_from_clickhouse, incidents_from_topic
+    from connectors.topics import TopicNotFoundError
+
+    use_clickhouse = source == IncidentSource.clickhouse or (
+        source == IncidentSource.auto and not settings.clickhouse_is_embedded
+    )
+    try:
+        if use_clickhouse:
+            return incidents_from_clickhouse(settings)
+        _require_kafka(settings)
+        return incidents_from_topic(settings)
+    except TopicNotFoundError:
+        return {}
+    except Exception as error:  # noqa: BLE001 - any database/broker error becomes one line
+        _fail(f"cannot read incidents: {str(error).strip().splitlines()[0]}")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    only_open: bool = typer.Option(False, "--open", help="Only incidents not resolved (open or acknowledged)."),
+    machine: str | None = typer.Option(None, "--machine", help="Only this machine's incidents."),
+    source: IncidentSource = typer.Option(IncidentSource.auto, help="auto: ClickHouse server if configured, else Kafka."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
+) -> None:
+    """List incidents with their effective status (open, acknowledged, resolved), newest first."""
+    import time as _time
+
+    from plantpulse.output import print_result
+
+    settings = _settings()
+    now_ms = _time.time() * 1000
+    rows = [
+        r for r in _incidents(settings, source).values()
+        if (not only_open or r["status"] != "resolved") and (machine is None or r["machine_id"] == machine)
+    ]
+    rows.sort(key=lambda r: r["opened_at"], reverse=True)
+    columns = ["incident_id", "status", "severity", "kind", "machine_id", "rule_id", "age_s", "detections",
+               "peak_value", "acknowledged_by", "resolved_reason"]
+    table = [
+        [r["incident_id"], r["status"], r["severity"], r["kind"], r["machine_id"], r["rule_id"],
+         round((now_ms - r["opened_at"]) / 1000), r["detections"], r["peak_value"], r["acknowledged_by"],
+         r["resolved_reason"]]
+        for r in rows
+    ]
+    print_result(columns, table, output.value)
+
+
+def _act(action: str, incident_id: str, by: str, note: str, wait: float) -> None:
+    """Check the incident, publish the command, and wait for the flow to record it."""
+    from connectors.incident_feed import CommandNotDelivered, publish_command, wait_for_incident
+
+    settings = _settings()
+    known = _incidents(settings, IncidentSource.kafka).get(incident_id)
+    if known is None:
+        _fail(f"{action}: no incident {incident_id!r} (see `plantpulse alerts list`)")
+    if action != "comment" and known["status"] == "resolved":
+        _fail(f"{action}: incident {incident_id} is already resolved ({known['resolved_reason']})")
+    if action == "ack" and known["acknowledged_by"]:
+        _fail(f"ack: incident {incident_id} is already acknowledged by {known['acknowledged_by']}")
+    try:
+        publish_command(settings, action, incident_id, by, note)
+    except CommandNotDelivered as error:
+        _fail(str(error))
+    transition = {"ack": "acknowledged", "resolve": "resolved", "comment": "commented"}[action]
+    confirmed = wait_for_incident(
+        settings, incident_id,
+        lambda row: row["version"] > known["version"] and row["transition"] == transition and row["actor"] == by,
+        timeout_s=wait,
+    )
+    if confirmed is None:
+        _fail(f"{action} {incident_id}: sent, but the flow has not recorded it within {wait:g} s "
+              "(is `plantpulse run` running? it applies the command when it starts)", code=1)
+    typer.echo(f"{incident_id}: {confirmed['status']} ({transition} by {by}, version {confirmed['version']})")
+
+
+_WAIT = typer.Option(30.0, "--wait", min=0, help="Seconds to wait for the flow to record it.")
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    incident_id: str = typer.Argument(...),
+    by: str = typer.Option(..., "--by", help="Who acknowledges."),
+    note: str = typer.Option("", "--note"),
+    wait: float = _WAIT,
+) -> None:
+    """Acknowledge an open incident ("I'm on it")."""
+    _act("ack", incident_id, by, note, wait)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(
+    incident_id: str = typer.Argument(...),
+    by: str = typer.Option(..., "--by", help="Who resolves."),
+    note: str = typer.Option(..., "--note", help="Why (required for a manual close)."),
+    wait: float = _WAIT,
+) -> None:
+    """Resolve an incident by hand (a new detection later opens a new one)."""
+    _act("resolve", incident_id, by, note, wait)
+
+
+@alerts_app.command("comment")
+def alerts_comment(
+    incident_id: str = typer.Argument(...),
+    by: str = typer.Option(..., "--by"),
+    note: str = typer.Option(..., "--note"),
+    wait: float = _WAIT,
+) -> None:
+    """Add a note to an incident's audit trail."""
+    _act("comment", incident_id, by, note, wait)
+
+
 @app.command()
 def demo(
     duration: float | None = typer.Option(None, min=5, help="Stop after this many seconds (default: Ctrl-C)."),
     machines: int = typer.Option(1000, min=1),
     rate: float = typer.Option(20_000, min=1, help="Readings per second, whole fleet."),
     seed: int = typer.Option(7),
+    notify: bool = typer.Option(
+        False, "--notify", help="Also run `plantpulse notify`, posting warning/critical incidents to a local receiver."
+    ),
 ) -> None:
     """Start broker, flow and simulator on embedded defaults, show live progress, end with a summary."""
     from plantpulse.demo import run_demo
 
     settings = _settings()
     try:
-        run_demo(settings, duration=duration, machines=machines, rate=rate, seed=seed)
+        run_demo(settings, duration=duration, machines=machines, rate=rate, seed=seed, notify=notify)
     except KeyboardInterrupt:
         typer.echo("stopped.")
 

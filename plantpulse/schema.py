@@ -137,6 +137,48 @@ ALERT_ARROW_SCHEMA = pa.schema(
     ]
 )
 
+# Incidents (issue 13). One row per transition of an incident: the `incident_events` table, the JSON record on
+# the `incidents` topic (timestamps as epoch milliseconds there) and what `plantpulse notify` routes. Each row
+# also carries the incident's whole state after the transition, so the newest row of an incident (highest
+# `version`) is its current state: the `incidents` table is the same rows under ReplacingMergeTree(version).
+INCIDENT_STATUSES = ("open", "acknowledged", "resolved")
+INCIDENT_TRANSITIONS = ("opened", "escalated", "acknowledged", "commented", "resolved")
+RESOLVE_REASONS = ("quiet", "stale", "manual")
+INCIDENT_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("incident_id", pa.string(), nullable=False),  # "<machine>/<rule or model>/<opening window start ms>"
+        pa.field("version", pa.uint32(), nullable=False),  # 1 for "opened", +1 per transition
+        pa.field("event_id", pa.string(), nullable=False),  # "<incident_id>#<version>": the idempotency key
+        # One of INCIDENT_TRANSITIONS; in the `incidents` table (current state) also "updated": a new detection
+        # window or peak value, which is not a transition and so goes neither to incident_events nor the topic.
+        pa.field("transition", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # effective status after it: INCIDENT_STATUSES
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("machine_type", pa.string(), nullable=False),
+        pa.field("site", pa.string(), nullable=False),  # from MACHINES_FILE; "" when unknown
+        pa.field("rule_id", pa.string(), nullable=False),  # the threshold rule's id, or "anomaly" (the machine's model)
+        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly"
+        pa.field("severity", pa.string(), nullable=False),  # highest so far: "info" | "warning" | "critical"
+        pa.field("sensor", pa.string(), nullable=False),
+        _ts_field("opened_window_start"),  # event time: the window of the first detection
+        _ts_field("first_seen_ts"),  # event time the condition first completed
+        _ts_field("last_seen_ts"),  # event time of the latest detection
+        pa.field("detections", pa.uint32(), nullable=False),
+        pa.field("peak_value", pa.float64(), nullable=False),  # most extreme value (threshold) or score (anomaly)
+        pa.field("threshold", pa.float64(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),  # the latest detection's message
+        _ts_field("opened_at"),  # wall clock
+        pa.field("acknowledged_by", pa.string()),
+        _ts_field("acknowledged_at", nullable=True),
+        pa.field("resolved_by", pa.string()),  # "plantpulse" for automatic resolution
+        _ts_field("resolved_at", nullable=True),
+        pa.field("resolved_reason", pa.string()),  # RESOLVE_REASONS
+        pa.field("actor", pa.string(), nullable=False),  # who made this transition ("plantpulse" when automatic)
+        pa.field("note", pa.string(), nullable=False),  # why: the operator's note, or the automatic reason
+        _ts_field("at"),  # wall clock of this transition
+    ]
+)
+
 # Latest known state per machine; `state` is "ok" or "stale" (silent for longer than STALE_AFTER_SECONDS);
 # `seq_resets` counts the machine's sequence counter restarts so far (added in issue 12, hence last).
 MACHINE_STATE_ARROW_SCHEMA = pa.schema(

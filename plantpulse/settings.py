@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     telemetry_topic: str = "telemetry"
     alerts_topic: str = "alerts"
     deadletter_topic: str = "telemetry-deadletter"
+    incidents_topic: str = Field("incidents", description="Incident transitions (keyed by machine), JSON.")
+    incident_commands_topic: str = Field(
+        "incident-commands", description="Operator actions (ack, resolve, comment) the flow applies to its incidents."
+    )
     topic_partitions: int = Field(8, ge=1, description="Partitions when PlantPulse creates a topic.")
     kafka_batch_size: int = Field(10_000, ge=1, description="Max messages pulled per partition per poll.")
 
@@ -93,6 +97,11 @@ class Settings(BaseSettings):
         16 * 2**20, ge=1024, description="The lake quarantine keeps originals whole up to this size, then a prefix."
     )
 
+    # Incidents
+    incident_resolve_after_windows: int = Field(
+        6, ge=1, description="Quiet windows after which an incident resolves (a rule or model spec may override)."
+    )
+
     # Rules and fleet metadata
     rules_file: Path = PACKAGED_RULES_FILE
     models_file: Path = Field(PACKAGED_MODELS_FILE, description="Anomaly model specs per machine type (TOML).")
@@ -108,6 +117,31 @@ class Settings(BaseSettings):
     bytewax_service_name: str | None = None
     bytewax_replicas: int | None = Field(None, ge=1)
     bytewax_port: int = 2101
+
+    # Notifications (`plantpulse notify`). URLs and credentials never live in the routing file: it names the
+    # environment variables (webhook/Slack URLs) and the SMTP server comes from the SMTP_* variables below.
+    notify_routes_file: Path = Field(
+        Path(__file__).with_name("config") / "notify.toml", description="Routing file: channels and routes (TOML)."
+    )
+    notify_ledger_path: Path | None = Field(
+        None, description="SQLite delivery ledger (dedup + consumed offsets); default $DATA_DIR/notify/ledger.sqlite."
+    )
+    notify_deadletter_topic: str = Field(
+        "incidents-notify-deadletter", description="Notifications that could not be delivered, with the last error."
+    )
+    notify_max_attempts: int = Field(8, ge=1, description="Attempts per delivery before it is dead-lettered.")
+    notify_backoff_initial_seconds: float = Field(1.0, gt=0, description="First pause between delivery attempts.")
+    notify_backoff_max_seconds: float = Field(60.0, gt=0, description="Longest pause between delivery attempts.")
+    notify_http_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook/Slack request.")
+    notify_metrics_port: int = Field(9465, ge=0, description="Prometheus port of `plantpulse notify`; 0 disables.")
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail channels.")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = Field(None, description="SMTP login; no AUTH when unset.")
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = Field(None, description="From address of notification e-mails.")
+    smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS (certificate verified).")
+    smtp_ca_file: Path | None = Field(None, description="CA bundle for the SMTP server's certificate (private CA).")
+    smtp_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one SMTP conversation step.")
 
     # Observability
     metrics_port: int = Field(

@@ -126,10 +126,13 @@ def ensure_topic(
 
 
 def producer_config(settings: Settings) -> dict:
-    """Producer properties: shared Kafka settings plus throughput tuning (lz4, 20 ms linger, big batches)."""
+    """Producer properties: shared Kafka settings plus throughput tuning (lz4, 200 ms linger, big batches)."""
     return settings.kafka_config() | {
         "compression.type": "lz4",
-        "linger.ms": 20,
+        # Few, large record batches: the embedded broker (tansu, memory storage) pays per stored batch on every
+        # fetch, and with 20 ms it hit a full core after ~4 minutes at 20,000 readings/s and fell behind
+        # (bench/results/soak/taskA-20261126-evidence.md). 200 ms: ten times fewer batches, <= 0.2 s added.
+        "linger.ms": 200,
         "batch.size": 1_000_000,
         "batch.num.messages": 100_000,
         "queue.buffering.max.messages": 1_000_000,

@@ -29,6 +29,8 @@ class FlowResult:
     machine_state: pd.DataFrame
     dead_letters: list[DeadLetter] = field(default_factory=list)
     anomaly_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    incident_events: pd.DataFrame = field(default_factory=pd.DataFrame)  # transitions, in emission order
+    incident_states: pd.DataFrame = field(default_factory=pd.DataFrame)  # every version
 
 
 def config(
@@ -64,6 +66,8 @@ def run_pipeline(batches: list[RawBatch], cfg: PipelineConfig, workers: int = 1,
     states: list[pa.Table] = []
     dead: list[DeadLetter] = []
     scores: list[pa.Table] = []
+    events: list[pa.Table] = []
+    versions: list[pa.Table] = []
     flow = Dataflow("test_pipeline")
     streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), cfg, clock=clock)
     op.output("stats", streams.window_stats, TestingSink(stats))
@@ -71,11 +75,15 @@ def run_pipeline(batches: list[RawBatch], cfg: PipelineConfig, workers: int = 1,
     op.output("state", streams.machine_state, TestingSink(states))
     op.output("dead", streams.dead_letters, TestingSink(dead))
     op.output("scores", streams.anomaly_scores, TestingSink(scores))
+    op.output("incident_events", streams.incident_transitions, TestingSink(events))
+    op.output("incident_states", streams.incident_states, TestingSink(versions))
     if workers == 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    return FlowResult(_frame(stats), _frame(alerts), _frame(states), dead, _frame(scores))
+    return FlowResult(
+        _frame(stats), _frame(alerts), _frame(states), dead, _frame(scores), _frame(events), _frame(versions)
+    )
 
 
 def _frame(tables: list[pa.Table]) -> pd.DataFrame:

@@ -39,6 +39,8 @@ def flow_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, str]
         "TELEMETRY_TOPIC": settings.telemetry_topic,
         "ALERTS_TOPIC": settings.alerts_topic,
         "DEADLETTER_TOPIC": settings.deadletter_topic,
+        "INCIDENTS_TOPIC": settings.incidents_topic,
+        "INCIDENT_COMMANDS_TOPIC": settings.incident_commands_topic,
         "DATA_DIR": str(data_dir),
         **extra,
     }

@@ -197,13 +197,15 @@ class FlakyInserts:
 def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Settings) -> None:
     database = settings.clickhouse_database
     packaged = [m.version for m in load_migrations()]
-    assert packaged == [1, 2, 3, 4]  # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets
+    # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents
+    assert packaged == [1, 2, 3, 4, 5]
     assert apply_schema(engine, database) == packaged
     assert apply_schema(engine, database) == []
     versions = engine.query(f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version").result_rows
     assert versions == [(v,) for v in packaged]
     tables = {row[0] for row in engine.query(f"SHOW TABLES FROM `{database}`").result_rows}
-    assert {"window_stats", "alerts", "machine_state", "machines", "window_stats_hourly", "anomaly_scores"} <= tables
+    assert {"window_stats", "alerts", "machine_state", "machines", "window_stats_hourly", "anomaly_scores", "incidents",
+            "incident_events"} <= tables
     # A start that crashed after the DDL but before recording it runs the files again: every statement
     # is IF NOT EXISTS, so that succeeds and records the versions.
     engine.command(f"TRUNCATE TABLE `{database}`.schema_migrations")
@@ -212,7 +214,7 @@ def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Setting
 
 def _clickhouse_type(field: pa.Field) -> str:
     if pa.types.is_timestamp(field.type):
-        return "DateTime64(3, 'UTC')"
+        return "Nullable(DateTime64(3, 'UTC'))" if field.nullable else "DateTime64(3, 'UTC')"
     base = {pa.string(): "String", pa.float64(): "Float64", pa.uint32(): "UInt32", pa.int64(): "Int64",
             pa.bool_(): "Bool"}[field.type]
     return f"Nullable({base})" if field.nullable else base

@@ -13,6 +13,7 @@ ALLOWED: dict[str, set[str]] = {
     "connectors": GROUND | {"connectors"},
     "flows": GROUND | {"models", "connectors", "flows"},
     "sim": GROUND | {"connectors", "sim"},
+    "notify": GROUND | {"connectors", "notify"},
 }
 ROOF = {"plantpulse.cli", "plantpulse.demo"}
 
@@ -24,7 +25,7 @@ def _our_imports(path: Path) -> set[str]:
             names.add(node.module)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-    return {n for n in names if n.split(".")[0] in {"plantpulse", "models", "connectors", "flows", "sim", "bench"}}
+    return {n for n in names if n.split(".")[0] in {"plantpulse", "models", "connectors", "flows", "sim", "notify", "bench"}}
 
 
 def _allowed(imported: str, allowed: set[str]) -> bool:

@@ -2,7 +2,8 @@
 
 Afterwards the raw lake holds every reading exactly once, `window_stats FINAL` equals the reference
 computed from the simulator's recording, alerts are not duplicated, and the anomaly models (part of the
-snapshots) scored every window exactly as an uninterrupted run of the live flow on the same topic does.
+snapshots) scored every window exactly as an uninterrupted run of the live flow on the same topic does, and
+the incidents (also in the snapshots) are those of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def test_killed_and_resumed_models_score_like_an_uninterrupted_run(
     suffix = uuid.uuid4().hex[:8]
     reference = crashed.settings.model_copy(update={
         "alerts_topic": f"alerts-reference-{suffix}", "deadletter_topic": f"deadletter-reference-{suffix}",
+        "incidents_topic": f"incidents-reference-{suffix}", "incident_commands_topic": f"commands-reference-{suffix}",
         "data_dir": tmp_path, "clickhouse_url": f"chdb://{chdb_dir}", "clickhouse_database": f"reference_{suffix}",
         "machines_file": crashed.work / "crash.machines.csv", "idle_close_seconds": 3600, "metrics_port": 0,
     })
@@ -154,3 +156,36 @@ def test_killed_and_resumed_models_score_like_an_uninterrupted_run(
                                    equal_nan=True, err_msg=column)
     anomaly_alerts = sql(crashed.env, "SELECT count() AS n FROM alerts FINAL WHERE kind = 'anomaly'")["n"][0]
     assert anomaly_alerts == int(expected["alert_raised"].astype(bool).sum())
+    _assert_same_incidents(reference, crashed.env)
+
+
+INCIDENTS = ("SELECT incident_id, kind, rule_id, severity, toUnixTimestamp64Milli(opened_window_start) AS opened, "
+             "toUnixTimestamp64Milli(first_seen_ts) AS first_seen, toUnixTimestamp64Milli(last_seen_ts) AS last_seen, "
+             "detections, peak_value, status, resolved_reason FROM incidents FINAL ORDER BY incident_id")
+EVENTS = "SELECT incident_id, version, transition FROM incident_events FINAL ORDER BY incident_id, version"
+
+
+def _assert_same_incidents(reference: Settings, crashed_env: dict[str, str]) -> None:
+    """Incidents (part of the snapshots) after three SIGKILLs equal those of the uninterrupted run: the same ids,
+    detections, peaks and resolutions, and the same transitions (a replayed one replaced its twin)."""
+    expected = pd.DataFrame(run_sql(reference, INCIDENTS)[1], columns=run_sql(reference, INCIDENTS)[0])
+    actual = sql(crashed_env, INCIDENTS)
+    assert len(expected) >= 10, "the faults open incidents of both kinds"
+    assert set(expected["kind"]) == {"threshold", "anomaly"}
+    # The killed run's last process outlives the stream: machines silent for STALE_AFTER_SECONDS resolve their
+    # open incidents (reason stale); the bounded reference run ends before that. Everything else is equal.
+    extra = sorted(set(actual["incident_id"]) - set(expected["incident_id"]))
+    missing = sorted(set(expected["incident_id"]) - set(actual["incident_id"]))
+    assert not extra and not missing, f"incidents only after the kills {extra[:5]}, only without them {missing[:5]}"
+    stale = actual["resolved_reason"] == "stale"
+    assert (expected.loc[stale.values, "status"] != "resolved").all()
+    for column in ("incident_id", "kind", "rule_id", "severity", "opened", "first_seen", "last_seen", "detections"):
+        assert actual[column].tolist() == expected[column].tolist(), column
+    np.testing.assert_allclose(actual["peak_value"].astype(float), expected["peak_value"].astype(float), rtol=1e-12)
+    for column in ("status", "resolved_reason"):
+        assert actual.loc[~stale, column].tolist() == expected.loc[~stale.values, column].tolist(), column
+    expected_events = pd.DataFrame(run_sql(reference, EVENTS)[1], columns=run_sql(reference, EVENTS)[0])
+    actual_events = sql(crashed_env, EVENTS)
+    actual_events = actual_events[~actual_events["incident_id"].isin(actual.loc[stale, "incident_id"]) |
+                                  (actual_events["transition"] != "resolved")]
+    assert actual_events.values.tolist() == expected_events.values.tolist()

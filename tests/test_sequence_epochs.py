@@ -201,6 +201,7 @@ def as_previous_version(windows: ShardWindows) -> bytes:
     state = restored.__dict__
     state["seen_generation"] = state.pop("epochs").seen_generation
     del state["rule_keys"]
+    del state["early"], state["pending_early"]  # early detection came later still (issue 13)
     state["last_state"].table = state["last_state"].table.drop_columns(["seq_resets"])
     return pickle.dumps(restored)
 
