@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client import Counter, Gauge, start_http_server
 
@@ -21,6 +22,14 @@ INCIDENT_TRANSITIONS = Counter(
     "plantpulse_incident_transitions_total", "Incident transitions (opened, escalated, ...).", ["transition", "kind"]
 )
 EVENT_TIME_LAG = Gauge("plantpulse_event_time_lag_seconds", "Wall clock minus the newest event time closed.")
+_newest_closed_ms = [0]
+
+
+def window_closed(window_end_ms: int) -> None:
+    """Record a closed window's end for EVENT_TIME_LAG. The newest end of the whole process counts: a window that
+    idleness closed late (a silent machine) is old news, not lag, and must not make the gauge jump."""
+    _newest_closed_ms[0] = max(_newest_closed_ms[0], window_end_ms)
+    EVENT_TIME_LAG.set(time.time() - _newest_closed_ms[0] / 1000.0)
 
 _log = logging.getLogger("plantpulse.metrics")
 _started: set[int] = set()

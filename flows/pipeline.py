@@ -248,8 +248,7 @@ def _count(output: WindowOutput) -> WindowOutput:
         metrics.DEAD_LETTERS.labels("late").inc(len(output.dead_letters))
     if output.window_stats is not None:
         metrics.WINDOWS_EMITTED.inc(output.window_stats.num_rows)
-        newest = output.window_stats["window_end"].cast("int64").to_numpy().max()
-        metrics.EVENT_TIME_LAG.set(time.time() - newest / 1000.0)
+        metrics.window_closed(int(output.window_stats["window_end"].cast("int64").to_numpy().max()))
     if output.alerts is not None:
         for severity in output.alerts["severity"].to_pylist():
             metrics.ALERTS_RAISED.labels(severity).inc()
