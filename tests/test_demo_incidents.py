@@ -128,3 +128,29 @@ def test_the_receiver_counts_posts_keeps_the_last_text_and_logs_the_bodies(tmp_p
     assert [orjson.loads(line)["text"] for line in log.read_bytes().splitlines()] == ["first", "second"]
     with pytest.raises(OSError):  # stopped: nothing listens any more
         urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=2)
+
+
+def test_the_default_demo_stream_opens_both_kinds_of_incident_within_two_minutes(tmp_path: Path) -> None:
+    """The README's promise for `make demo`, checked offline: the demo's first 120 s of simulated readings (its
+    fleet, seed, fault options and rate; the demo's short model warm-up) through the flow's steps, no broker.
+    Live, the flow adds about a second to threshold incidents and a window close to anomaly ones."""
+    from bench.incident_noise import pipeline_config, run_flow
+    from plantpulse.demo import DEMO_WARMUP_WINDOWS, write_demo_models
+    from plantpulse.schema import RawBatch
+    from sim import Simulator, build_fleet
+
+    machines, rate, seed, start_ms = 1000, 20_000, 7, 1_764_000_000_000
+    fleet = build_fleet(machines, seed)
+    simulator = Simulator(fleet, seed=seed, faults="all", fault_rate=0.1, imperfections={}, start_ts_ms=start_ms,
+                          interval_ms=machines * 1000 // rate, faults_after_s=DEMO_WARMUP_WINDOWS * 10)
+    run = simulator.run(120 * rate // machines)
+    models_file, _ = write_demo_models(PACKAGED_MODELS_FILE, tmp_path / "demo-models.toml")
+    config = replace(pipeline_config({m.machine_id: m.machine_type for m in fleet}),
+                     models=load_model_specs(models_file))
+    polls = (RawBatch("demo", -1, list(range(len(batch))), batch.values, batch.keys) for batch in run)
+    opened = run_flow(polls, config).states.to_pylist()
+    first = {kind: min((r["first_seen_ts"].timestamp() * 1000 - start_ms for r in opened if r["kind"] == kind),
+                       default=None) for kind in ("threshold", "anomaly")}
+    print("first incidents (ms after start):", first)
+    assert first["threshold"] is not None and first["threshold"] < 110_000, first
+    assert first["anomaly"] is not None and first["anomaly"] < 110_000, first
