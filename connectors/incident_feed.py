@@ -57,13 +57,16 @@ def incidents_from_topic(settings: Settings, start_offsets: dict[int, int] | Non
     Pass the same `start_offsets` and `into` again to fold only what arrived since."""
     current = {} if into is None else into
     for record in read_topic(settings, settings.incidents_topic, start_offsets=start_offsets):
-        if record.value is None:
-            continue
-        row = orjson.loads(record.value)
-        known = current.get(row["incident_id"])
-        if known is None or row["version"] >= known["version"]:
-            current[row["incident_id"]] = row
+        if record.value is not None:
+            fold_incident(current, orjson.loads(record.value))
     return current
+
+
+def fold_incident(current: dict[str, dict], row: dict) -> None:
+    """Keep `row` if it is the newest version of its incident seen so far (a re-sent transition changes nothing)."""
+    known = current.get(row["incident_id"])
+    if known is None or row["version"] >= known["version"]:
+        current[row["incident_id"]] = row
 
 
 def incidents_from_clickhouse(settings: Settings) -> dict[str, dict]:

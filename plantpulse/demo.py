@@ -41,6 +41,7 @@ from rich.text import Text
 
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.clickhouse import run_sql
+from connectors.incident_feed import fold_incident
 from connectors.kafka import read_topic
 from connectors.topics import ensure_topics
 from models.spec import load_model_specs
@@ -94,9 +95,7 @@ class IncidentBoard:
 
     def fold(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
-            known = self.current.get(row["incident_id"])
-            if known is None or row["version"] >= known["version"]:
-                self.current[row["incident_id"]] = row
+            fold_incident(self.current, row)
             kind, opened_at = row["kind"], row["opened_at"]
             self.first_opened_at[kind] = min(self.first_opened_at.get(kind, opened_at), opened_at)
 
