@@ -58,6 +58,7 @@ def _stats(machine_id: str, readings: list[Reading], window_ms: int) -> dict:
         "first_ts": readings[0].ts,
         "last_ts": readings[-1].ts,
         "last_seq": readings[-1].seq,
+        "first_seq": readings[0].seq,
     }
     for sensor in SENSORS:
         values = [getattr(r, sensor) for r in readings if getattr(r, sensor) is not None]

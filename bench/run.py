@@ -11,7 +11,9 @@ Sections: engine, recovery-cost, replay, model-quality, tuning, end-to-end, soak
 at `--soak-rate` readings/s, default 20,000, for `--soak-minutes`, default 30; series in bench/results/soak/),
 incident-noise (`bench/incident_noise.py`: incidents vs raw detections on a simulated hour of 500 machines),
 incident-latency (`bench/incident_latency.py`: from a threshold condition completing to the incident on the topic
-and in ClickHouse, through the broker at 50,000 readings/s, recovery on, median of 3 runs).
+and in ClickHouse, through the broker at 50,000 readings/s, recovery on, median of 3 runs),
+dashboard-queries (`bench/dashboard_queries.py`: every Grafana panel and alert-rule query, 5 runs each, over 1 h and
+24 h of a 500-machine hour produced through the broker and the flow into chDB).
 `--readings N` sets the input of engine, replay and recovery-cost (defaults: 2,000,000 for engine and replay, 8,000,000 for
 recovery-cost, whose 10 s snapshot interval needs a long input; `--recovery-readings` sets it alone).
 
@@ -34,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import incident_latency, incident_noise, measure, readme, soak
+from bench import dashboard_queries, incident_latency, incident_noise, measure, readme, soak
 from bench.results_file import RESULTS, command_line, git_state, load, provenance, utc_now, write
 
 # command-line name -> results key
@@ -48,10 +50,12 @@ SECTION_NAMES = {
     "soak": "soak",
     "incident-noise": "incident_noise",
     "incident-latency": "incident_latency",
+    "dashboard-queries": "dashboard_queries",
 }
 SKIP_FLAGS = {"engine": "skip_engine", "recovery-cost": "skip_recovery_cost", "replay": "skip_replay",
               "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e", "soak": "skip_soak",
-              "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency"}
+              "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency",
+              "dashboard-queries": "skip_dashboard_queries"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +114,7 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[], dict]]]:
                                        directory=args.results_dir / "soak")),
         "incident-noise": (incident_noise.NoiseConfig().reproduce(), incident_noise.measure),
         "incident-latency": ("python -m bench.run --only incident-latency", incident_latency.measure),
+        "dashboard-queries": (dashboard_queries.reproduce(), dashboard_queries.measure),
     }
 
 

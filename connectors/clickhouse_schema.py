@@ -25,7 +25,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DATABASE_PLACEHOLDER = "{database}"
 
 # Views refreshed on a schedule by the server; tests and `plantpulse sql` users can force a refresh.
-REFRESHABLE_VIEWS: tuple[str, ...] = ("window_stats_hourly_refresh",)
+REFRESHABLE_VIEWS: tuple[str, ...] = ("window_stats_hourly_refresh", "data_quality_refresh")
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,16 @@ def refresh_rollups(client: Client, database: str) -> None:
         client.command(f"SYSTEM WAIT VIEW {quoted}.{view}")
         client.command(f"SYSTEM REFRESH VIEW {quoted}.{view}")
         client.command(f"SYSTEM WAIT VIEW {quoted}.{view}")
+
+
+def set_refresh_interval(client: Client, database: str, seconds: int) -> None:
+    """Make the refreshable rollup views recompute every `seconds` (CLICKHOUSE_REFRESH_SECONDS; the DDL says
+    one minute). Applied at every start, so the setting, not the database, decides."""
+    if seconds < 1:
+        raise ValueError(f"CLICKHOUSE_REFRESH_SECONDS must be >= 1, got {seconds!r}")
+    quoted = quote_database(database)
+    for view in REFRESHABLE_VIEWS:
+        client.command(f"ALTER TABLE {quoted}.{view} MODIFY REFRESH EVERY {int(seconds)} SECOND APPEND")
 
 
 MACHINE_COLUMNS: tuple[str, ...] = ("machine_id", "site", "line", "machine_type")

@@ -34,13 +34,14 @@ from clickhouse_connect.driver.exceptions import (
 from prometheus_client import Counter, Gauge
 
 from connectors.clickhouse_client import connect, redacted_url
-from connectors.clickhouse_schema import apply_schema, load_machines, quote_database
+from connectors.clickhouse_schema import apply_schema, load_machines, quote_database, set_refresh_interval
 from connectors.retry import Backoff, one_line
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
     INCIDENT_ARROW_SCHEMA,
     MACHINE_STATE_ARROW_SCHEMA,
+    READING_ISSUE_ARROW_SCHEMA,
     WINDOW_STATS_ARROW_SCHEMA,
 )
 from plantpulse.settings import Settings
@@ -54,6 +55,7 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
     "anomaly_scores": ANOMALY_SCORE_ARROW_SCHEMA,
     "incidents": INCIDENT_ARROW_SCHEMA,
     "incident_events": INCIDENT_ARROW_SCHEMA,
+    "reading_issues": READING_ISSUE_ARROW_SCHEMA,
 }
 # Incidents are few and someone is waiting for them: their rows are inserted at once, not after the
 # flush interval that batches the high-volume tables (with whatever else is pending at that moment).
@@ -160,6 +162,7 @@ class ClickHouseSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
             try:
                 client = self.connect_fn(self.settings)
                 apply_schema(client, self.settings.clickhouse_database)
+                set_refresh_interval(client, self.settings.clickhouse_database, self.settings.clickhouse_refresh_seconds)
                 # Fleet metadata rides along with the sink so analysts can join machines in embedded mode,
                 # where this process is the only one that can open the database.
                 load_machines(client, self.settings.clickhouse_database, self.settings.machines_file)
@@ -206,6 +209,7 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
         self.name = name
         quote_database(database)  # fail here, not in the flusher, on a malformed name
         self._backoff = backoff or Backoff()
+        self._backoff.label = "clickhouse"
         self._cond = threading.Condition()
         self._pending: dict[str, list[pa.Table]] = {}
         self._pending_since: float | None = None  # monotonic time the oldest pending table arrived

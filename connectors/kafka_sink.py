@@ -155,6 +155,7 @@ class _KafkaRecordSinkPartition(StatelessSinkPartition[KafkaRecord]):
         self._factory = producer_factory
         self._quarantine = quarantine
         self._backoff = backoff
+        self._backoff.label = "kafka"
         # Counters for tests and operators (the Prometheus metrics aggregate all partitions).
         self.producers_built = 0
         self.retries = 0

@@ -194,6 +194,7 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
         self.name = name
         self.resumed_from = resume_state
         self._backoff = backoff or Backoff()
+        self._backoff.label = "lake"
         self._buffer: dict[int, list[pa.Table]] = {}  # event hour (ms // 3_600_000) -> tables
         self._pending: dict[int, PendingHour] = dict(getattr(resume_state, "pending", None) or {})
         # Roll-ups merge readings only: the quarantine is small, and compaction only knows the reading schema.

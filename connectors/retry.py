@@ -14,7 +14,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from prometheus_client import Counter
+
 T = TypeVar("T")
+
+# Every failed attempt a writer is about to retry, by writer (`Backoff.label`): retries mean a destination
+# is struggling long before anything is lost, so the pipeline-health board shows them.
+SINK_RETRIES = Counter("plantpulse_sink_retries_total", "Failed writes about to be retried, by sink.", ["sink"])
 
 
 class Backoff:
@@ -31,6 +37,7 @@ class Backoff:
         multiplier: float = 2.0,
         jitter: float = 0.1,
         rng: random.Random | None = None,
+        label: str = "other",
     ) -> None:
         if not 0 < initial <= maximum:
             raise ValueError(f"Backoff: need 0 < initial <= maximum, got initial={initial!r} maximum={maximum!r}")
@@ -44,12 +51,14 @@ class Backoff:
         self.jitter = jitter
         self._rng = rng or random.Random()
         self.failures = 0  # consecutive failures since the last reset()
+        self.label = label  # which writer retries, for SINK_RETRIES (sinks set it on the backoff they are given)
 
     def next_delay(self) -> float:
         """Record one more failure and return how long to wait before the next attempt."""
         # The exponent is capped so that an outage of days (thousands of failures) cannot overflow a float.
         base = min(self.maximum, self.initial * self.multiplier ** min(self.failures, 64))
         self.failures += 1
+        SINK_RETRIES.labels(self.label).inc()
         spread = base * self.jitter
         return min(self.maximum, max(0.0, base + self._rng.uniform(-spread, spread)))
 

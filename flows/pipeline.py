@@ -16,7 +16,7 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.dataflow import Stream, operator
 
-from flows import metrics
+from flows import metrics, reading_issues
 from flows.anomaly_logic import AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
 from flows.fleet import load_machine_sites, load_machine_types
@@ -95,6 +95,8 @@ class PipelineStreams:
     anomaly_scores: Stream[pa.Table]
     incident_states: Stream[pa.Table]  # every new version of an incident (the `incidents` table)
     incident_transitions: Stream[pa.Table]  # opened, escalated, ... (`incident_events`, `incidents` topic)
+    # Dead letters, duplicates and sequence restarts of telemetry (`reading_issues`; topic "" for the last two).
+    reading_issues: Stream[pa.Table]
 
 
 @dataclass
@@ -107,6 +109,7 @@ class AnalysisStreams:
     incident_states: Stream[pa.Table]
     incident_transitions: Stream[pa.Table]
     rejected_commands: Stream[list[DeadLetter]]
+    issues: Stream[pa.Table]  # duplicates and sequence restarts
 
 
 @operator
@@ -140,10 +143,19 @@ def process_telemetry(
         bad_commands = op.filter_map("bad_commands", items, lambda i: [i[1]] if isinstance(i[1], DeadLetter) else None)
     readings = op.map("readings", decoded, lambda d: d.readings)
     analysis = analyse_readings("analyse", readings, config, clock, keyed_commands)
-    rejected = [op.map("invalid", decoded, lambda d: d.dead_letters), analysis.late, analysis.rejected_commands]
+    invalid = op.map("invalid", decoded, lambda d: d.dead_letters)
+    rejected = [invalid, analysis.late, analysis.rejected_commands]
     if bad_commands is not None:
         rejected.append(bad_commands)
     letter_batches = op.filter("dead_letter_batches", op.merge("rejected", *rejected), bool)
+    # Operators' rejected commands are not telemetry: they stay out of the readings' data quality.
+    telemetry_letters = op.filter("telemetry_letters", op.merge("rejected_telemetry", invalid, analysis.late), bool)
+    issues = op.merge(
+        "reading_issues",
+        op.map("letter_issues", telemetry_letters,
+               lambda letters: reading_issues.from_letters(letters, int(clock() * 1000))),
+        analysis.issues,
+    )
     return PipelineStreams(
         decoded=decoded,
         dead_letters=op.flat_map("dead_letters", letter_batches, lambda letters: letters),
@@ -154,6 +166,7 @@ def process_telemetry(
         anomaly_scores=analysis.anomaly_scores,
         incident_states=analysis.incident_states,
         incident_transitions=analysis.incident_transitions,
+        reading_issues=issues,
     )
 
 
@@ -223,6 +236,7 @@ def analyse_readings(
         incident_states=op.filter_map("incident_states", incidents, lambda i: i.states),
         incident_transitions=transitions,
         rejected_commands=op.filter_map("rejected_commands", incidents, lambda i: i.rejected or None),
+        issues=op.filter_map("issues", outputs, lambda o: o.issues),
     )
 
 

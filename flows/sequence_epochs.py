@@ -39,6 +39,7 @@ class Verdict:
     duplicate: np.ndarray
     late: np.ndarray
     resets: int
+    reset_rows: np.ndarray | None = None  # rows (positions in the batch) that began a new epoch; None: none
 
 
 class SequenceEpochs:
@@ -144,6 +145,7 @@ class SequenceEpochs:
         duplicate = np.zeros(n, dtype=bool)
         late = np.zeros(n, dtype=bool)
         resets = 0
+        reset_rows: list[np.ndarray] = []
         pending = np.arange(n)
         while len(pending):
             whole = len(pending) == n  # the first round: arrays as they came, `order` applies
@@ -177,9 +179,10 @@ class SequenceEpochs:
             self.epoch_start[restarted] = t[first_reset[restarted]]
             self.resets[restarted] += 1
             resets += len(restarted)
+            reset_rows.append(pending[first_reset[restarted]])
             # A reset row opens the next round on an empty memory, where it is accepted.
             pending = pending[~decided]
-        return Verdict(duplicate, late, resets)
+        return Verdict(duplicate, late, resets, np.concatenate(reset_rows) if reset_rows else None)
 
 
 def running_max_before(group: np.ndarray, values: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from connectors.kafka import (
 from connectors.lake import QUARANTINE_DIR, LakeSink
 from connectors.quarantine import quarantine_table
 from connectors.topics import ensure_topics, partition_count, topic_configs
-from flows import metrics
+from flows import metrics, reading_issues
 from flows.decode import DeadLetter, DecodedBatch
 from flows.incidents import rows_as_ms
 from flows.pipeline import PipelineConfig, process_telemetry
@@ -85,6 +85,10 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         op.map("alert_rows", streams.alerts, lambda t: ("alerts", ("alerts", t))),
         op.map("state_rows", streams.machine_state, lambda t: ("machine_state", ("machine_state", t))),
         op.map("score_rows", streams.anomaly_scores, lambda t: ("anomaly_scores", ("anomaly_scores", t))),
+        op.map(
+            "issue_rows", streams.reading_issues,
+            lambda t: ("reading_issues", ("reading_issues", reading_issues.with_topic(t, settings.telemetry_topic))),
+        ),
     )
     op.output("clickhouse_out", tables, ClickHouseSink(settings))
     # Every valid reading, as decoded, goes to the raw lake; one lake writer per Kafka partition.

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows import reading_issues
 from flows.decode import LATE, DeadLetter
 from flows.early_rules import EarlyBreaches, EarlyDetection
 from flows.rules import RuleCarry, ThresholdRule, evaluate_rules
@@ -72,6 +73,7 @@ class WindowOutput:
     duplicates: int = 0
     accepted: int = 0
     seq_resets: int = 0  # sequence counters found restarted (see flows.sequence_epochs)
+    issues: pa.Table | None = None  # duplicates and sequence restarts (flows.reading_issues; topic not filled)
     # Threshold rules whose condition completed while the window is open: (machine_id, machine_type, detection).
     early: list[tuple[str, str, EarlyDetection]] | None = None
     # Machines that turned stale by wall-clock silence (not by event time behind their shard: that depends on
@@ -182,6 +184,8 @@ class ShardWindows:
         duplicate, late = verdict.duplicate, verdict.late
         accept = ~duplicate & ~late
         output = WindowOutput(duplicates=int(duplicate.sum()), accepted=int(accept.sum()), seq_resets=verdict.resets)
+        if output.duplicates or verdict.reset_rows is not None:
+            output.issues = _issue_rows(table, duplicate, verdict.reset_rows, int(now_s * 1000))
         if late.any():
             rows = np.flatnonzero(late)
             reset_at = np.where(window_late[rows], _NEVER, self.epochs.epoch_start[midx[rows]])
@@ -377,6 +381,15 @@ def _concat(a: pa.Table | None, b: pa.Table | None) -> pa.Table | None:
     if a is None or b is None:
         return a if b is None else b
     return pa.concat_tables([a, b])
+
+
+def _issue_rows(table: pa.Table, duplicate: np.ndarray, reset_rows: np.ndarray | None, now_ms: int) -> pa.Table:
+    parts = []
+    if duplicate.any():
+        parts.append(reading_issues.from_readings(table, np.flatnonzero(duplicate), reading_issues.DUPLICATE, now_ms))
+    if reset_rows is not None:
+        parts.append(reading_issues.from_readings(table, np.sort(reset_rows), reading_issues.SEQ_RESET, now_ms))
+    return pa.concat_tables(parts)
 
 
 def _timestamps(ms: np.ndarray) -> pa.Array:

@@ -108,6 +108,7 @@ def window_stats_table(
         "first_ts": readings.ts[starts],
         "last_ts": readings.ts[lasts],
         "last_seq": readings.seq[lasts],
+        "first_seq": readings.seq[starts],
     }
     for sensor in SENSORS:
         for stat, values in sensor_stats(readings.sensors[sensor], groups).items():

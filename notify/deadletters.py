@@ -43,7 +43,8 @@ class DeadLetters:
         and counts as sent: the ledger still keeps the delivery's last error."""
         value = orjson.dumps({**letter, "source_topic": self._source_topic, "dead_lettered_at": int(time.time() * 1000)})
         backoff = Backoff(self._settings.notify_backoff_initial_seconds,
-                          max(self._settings.notify_backoff_initial_seconds, self._settings.notify_backoff_max_seconds))
+                          max(self._settings.notify_backoff_initial_seconds, self._settings.notify_backoff_max_seconds),
+                          label="notify_deadletters")
         while not (stop.is_set() or stop_requested()):
             error = self._produce_once(value, key)
             if error is None:

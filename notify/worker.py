@@ -70,7 +70,7 @@ class RetryPolicy:
     maximum_s: float
 
     def backoff(self) -> Backoff:
-        return Backoff(self.initial_s, max(self.initial_s, self.maximum_s))
+        return Backoff(self.initial_s, max(self.initial_s, self.maximum_s), label="notify")
 
 
 class ChannelWorker(threading.Thread):

@@ -1,4 +1,5 @@
-"""`plantpulse` command line: broker, sim, run, sql, lake, replay, alerts, demo. The roof of the house: nothing imports it.
+"""`plantpulse` command line: broker, sim, run, sql, lake, replay, alerts, grafana, snapshot, demo. The roof of the
+house: nothing imports it.
 
 Every command reads its configuration from the environment (`plantpulse.settings`); options only cover
 what differs per invocation. Errors end with a one-line reason on stderr and a non-zero exit code.
@@ -507,6 +508,101 @@ def alerts_comment(
     _act("comment", incident_id, by, note, wait)
 
 
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards and alert rules, provisioned from grafana/.")
+app.add_typer(grafana_app, name="grafana")
+
+
+@grafana_app.command("build")
+def grafana_build(
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 listing the files that differ."),
+    root: Path | None = typer.Option(None, "--root", help="Provisioning directory (default: grafana/provisioning)."),
+) -> None:
+    """Regenerate grafana/provisioning from grafana/*.py (same as `python -m grafana.build`)."""
+    from grafana.build import main as build_main
+
+    try:
+        code = build_main(["--check"] * check + (["--root", str(root)] if root is not None else []))
+    except OSError as error:
+        _fail(f"grafana build: {error}")
+    raise typer.Exit(code)
+
+
+@grafana_app.command("push")
+def grafana_push(
+    url: str = typer.Option(..., "--url", help="Grafana's address, e.g. http://localhost:3000 (or …/grafana)."),
+    token: str = typer.Option(
+        "", "--token", envvar="GRAFANA_TOKEN", show_default=False, help="Service account token (Editor or Admin)."
+    ),
+) -> None:
+    """Create or update the PlantPulse folder, datasources, dashboards and alert rules in a running Grafana, by uid.
+
+    Datasource settings come from the environment, as for Grafana's file provisioning: CLICKHOUSE_PASSWORD must
+    be set; CLICKHOUSE_HOST, _PORT, _PROTOCOL, _SECURE, _USER, _DATABASE and PROMETHEUS_URL default to the
+    compose/k8s service values. Contact points and notification policies stay with file provisioning (secrets).
+    """
+    import os
+
+    from grafana.provisioning_files import GRAFANA_ENV
+    from grafana.push import GrafanaPushError, connect, load_provisioning, push
+
+    if not token:
+        _fail("grafana push: give --token or set GRAFANA_TOKEN (a Grafana service account token, Editor or Admin)")
+    # Secrets have no default (GRAFANA_ENV gives them ""): push refuses to send an unset one.
+    defaults = {name: value for name, (value, _) in GRAFANA_ENV.items() if value}
+    try:
+        done = push(connect(url, token), load_provisioning(), env={**defaults, **os.environ})
+    except (GrafanaPushError, ValueError) as error:
+        _fail(" ".join(str(error).split()))  # one line, even if Grafana's answer had several
+    for pushed in done:
+        typer.echo(pushed.line())
+    assumed = sorted(name for name in defaults if name not in os.environ)
+    if assumed:
+        typer.echo(f"plantpulse: datasources use the compose/k8s defaults for {', '.join(assumed)} "
+                   "(set them to point Grafana elsewhere)", err=True)
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str) -> float:
+    """Seconds of a `--since` like 90s, 30m, 6h or 7d."""
+    import re
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match or float(match[1]) <= 0:
+        _fail(f"--since {text!r}: expected a positive number and s, m, h or d (e.g. 30m)")
+    return float(match[1]) * _SINCE_UNITS[match[2]]
+
+
+@app.command()
+def snapshot(
+    out: Path = typer.Option(..., "--out", help="Folder for fleet-now.png and machine-<id>.png."),
+    machine: str | None = typer.Option(
+        None, "--machine", help="Machine for the detail view (default: most incidents in the range, else latest)."
+    ),
+    since: str = typer.Option("30m", "--since", help="Range ending now: 90s, 30m, 6h, 7d."),
+) -> None:
+    """Render the Fleet now and Machine detail dashboards to PNG from $CLICKHOUSE_URL, with the dashboards' SQL."""
+    from datetime import UTC, datetime, timedelta
+
+    from connectors.clickhouse import EmbeddedDatabaseBusy
+    from grafana.snapshot import render_snapshot
+
+    span = timedelta(seconds=_since(since))
+    settings = _settings()
+    now = datetime.now(UTC)
+    try:
+        paths = render_snapshot(settings, out, time_from=now - span, time_to=now, machine_id=machine)
+    except (EmbeddedDatabaseBusy, ValueError) as error:
+        _fail(str(error))
+    except OSError as error:  # e.g. --out not writable
+        _fail(f"snapshot: {error}")
+    except Exception as error:  # noqa: BLE001 - a server/database error becomes one line, not a traceback
+        _fail(f"snapshot failed: {str(error).strip().splitlines()[0]}")
+    for path in paths:
+        typer.echo(path)
+
+
 @app.command()
 def demo(
     duration: float | None = typer.Option(None, min=5, help="Stop after this many seconds (default: Ctrl-C)."),
@@ -524,7 +620,9 @@ def demo(
     try:
         run_demo(settings, duration=duration, machines=machines, rate=rate, seed=seed, notify=notify)
     except KeyboardInterrupt:
-        typer.echo("stopped.")
+        # Ctrl-C skips the summary (the user asked to stop); run_demo has drawn the dashboards already.
+        typer.echo(f"stopped. Redraw the dashboards any time: .venv/bin/plantpulse snapshot --out "
+                   f"{settings.data_dir}/snapshot")
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 The flow and the simulator (and, with `--notify`, the notifier) run as child processes, each in its own
 process group, so Ctrl-C and errors stop everything and leave nothing behind. The live view reads the
 flow's Prometheus endpoint and the `alerts` and `incidents` topics (only what is new at each refresh); the
-summary queries ClickHouse after the flow has released the embedded database.
+summary queries ClickHouse after the flow has released the embedded database, and the demo ends by drawing the
+Fleet now and Machine detail dashboards of the run to PNG (under DATA_DIR/snapshot) and printing their paths.
 
 The demo shows anomaly incidents within its first two minutes: it writes a copy of the model specs with a
 short warm-up (`DEMO_WARMUP_WINDOWS`) under DATA_DIR for its flow, and the simulator keeps the fleet healthy
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import shutil
@@ -24,10 +26,12 @@ import sys
 import threading
 import time
 import tomllib
+import traceback
 import urllib.request
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -190,6 +194,7 @@ def run_demo(
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen] = []
+    interrupted = False
     logs = data_dir / "logs"
     with (
         EmbeddedBroker(log_dir=logs) as broker,
@@ -232,13 +237,54 @@ def run_demo(
                 notifier = _spawn([sys.executable, "-m", "plantpulse.cli", "notify"],
                                   _notify_env(env, data_dir, receiver.url), logs / "notify.log")
                 children.append(notifier)
-            _live(console, settings, metrics_port, flow, simulator, notifier, receiver, duration, live, broker.bootstrap)
-            _drain(console, settings, metrics_port, flow, live.counters)
+            try:
+                _live(console, settings, metrics_port, flow, simulator, notifier, receiver, duration, live,
+                      broker.bootstrap)
+                _drain(console, settings, metrics_port, flow, live.counters)
+            except KeyboardInterrupt:
+                interrupted = True  # the usual end of `make demo`: stop the processes, then draw the run
         finally:
             for child in children:
                 _stop(child)
+        if interrupted:
+            # Ctrl-C skips the summary (the user asked to stop), but the run's dashboards are drawn: the flow has
+            # stopped, so the embedded database is free, and a second Ctrl-C still interrupts the drawing.
+            write_snapshot(console, settings, data_dir / "snapshot", started_ms)
+            raise KeyboardInterrupt
         live.board.fold(_new_incidents(settings, live.incident_offsets, timeout_s=10.0))
         _summary(console, settings, live, started_ms, receiver)
+        # Last, so the path is the final line; the flow has stopped, so the embedded database is free.
+        write_snapshot(console, settings, data_dir / "snapshot", started_ms)
+
+
+def write_snapshot(console: Console, settings: Settings, out_dir: Path, started_ms: int) -> list[Path] | None:
+    """Draw this run's Fleet now and Machine detail dashboards (from `started_ms` to now) as PNG under `out_dir`
+    and print where; None if that failed.
+
+    A failure is printed (one line, the traceback in logs/snapshot.log), not raised, and the demo still exits 0:
+    by then the run itself has succeeded and its summary is on screen, and the pictures are only a view of data
+    that stays in the database (the line says how to draw them again). A non-zero exit would tell a script that
+    the streaming demo failed, which it did not.
+    """
+    from grafana.snapshot import render_snapshot  # matplotlib and the dashboards' queries: only when drawing
+
+    time_from = datetime.fromtimestamp(started_ms / 1000, UTC)
+    try:
+        paths = render_snapshot(settings, out_dir, time_from=time_from, time_to=datetime.now(UTC))
+    except Exception as error:  # noqa: BLE001 - reported below with its traceback; the run's results stand
+        log = Path(settings.data_dir) / "logs" / "snapshot.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        minutes = math.ceil((time.time() * 1000 - started_ms) / 60_000) + 1
+        console.print(Text.assemble(
+            ("Dashboards snapshot failed", "bold red"),
+            f": {reason} (the results above stand; traceback in {log}; "
+            f"draw it again: .venv/bin/plantpulse snapshot --out {out_dir} --since {minutes}m)",
+        ))
+        return None
+    console.print(Text(f"\nDashboards snapshot: {', '.join(str(path) for path in paths)}"))
+    return paths
 
 
 def write_demo_models(source: Path, target: Path, warmup_windows: int = DEMO_WARMUP_WINDOWS) -> tuple[Path, int]:

@@ -99,6 +99,7 @@ WINDOW_STATS_ARROW_SCHEMA = pa.schema(
         _ts_field("first_ts"),
         _ts_field("last_ts"),
         pa.field("last_seq", pa.int64(), nullable=False),
+        pa.field("first_seq", pa.int64(), nullable=False),  # seq of the window's first reading (by ts)
         *(
             field
             for sensor in SENSORS
@@ -232,6 +233,24 @@ QUARANTINE_ARROW_SCHEMA = pa.schema(
         pa.field("quarantined_at", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("original_bytes", pa.int64(), nullable=False),
         pa.field("original_sha256", pa.string(), nullable=False),
+    ]
+)
+
+
+# Messages that were not accepted as readings (dead letters of any reason, `late`, `duplicate`) and readings
+# that began a new sequence epoch (`seq_reset`): one row each, identified by where the message was read.
+# machine_id is "" and ts/seq null where the message did not yield them. Feeds the data_quality table.
+READING_ISSUE_REASONS_OF_FLOW: tuple[str, ...] = ("duplicate", "late", "seq_reset")
+READING_ISSUE_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("machine_id", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC")),
+        pa.field("seq", pa.int64()),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("detected_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ]
 )
 

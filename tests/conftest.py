@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ import pytest
 from connectors.broker import EmbeddedBroker
 from plantpulse.settings import Settings
 from tests.brokerkit import isolated_settings
+from tests.dashboard_seed import DashboardSeed, seed_dashboard_db
+
+# The test session's one embedded ClickHouse holds dozens of databases; each one's rollup views would recompute
+# every minute in the background and slow every query of the session. Tests force the rollups when they read
+# them (connectors.clickhouse_schema.refresh_rollups), so the background refresh runs hourly here.
+os.environ.setdefault("CLICKHOUSE_REFRESH_SECONDS", "3600")
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +53,10 @@ def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Sett
                                  **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def dashboard_db(broker: EmbeddedBroker, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> DashboardSeed:
+    """A chDB database seeded by a short simulator run through the real flow (faults, imperfections, incidents);
+    see tests/dashboard_seed.py. Shared by the dashboard query and snapshot tests: they only read it."""
+    return seed_dashboard_db(broker.bootstrap, chdb_dir, tmp_path_factory.mktemp("dashboards"))

@@ -31,6 +31,7 @@ class FlowResult:
     anomaly_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
     incident_events: pd.DataFrame = field(default_factory=pd.DataFrame)  # transitions, in emission order
     incident_states: pd.DataFrame = field(default_factory=pd.DataFrame)  # every version
+    reading_issues: pd.DataFrame = field(default_factory=pd.DataFrame)  # dead letters, duplicates, seq resets
 
 
 def config(
@@ -68,6 +69,7 @@ def run_pipeline(batches: list[RawBatch], cfg: PipelineConfig, workers: int = 1,
     scores: list[pa.Table] = []
     events: list[pa.Table] = []
     versions: list[pa.Table] = []
+    issues: list[pa.Table] = []
     flow = Dataflow("test_pipeline")
     streams = process_telemetry("process", op.input("in", flow, TestingSource(batches)), cfg, clock=clock)
     op.output("stats", streams.window_stats, TestingSink(stats))
@@ -77,12 +79,14 @@ def run_pipeline(batches: list[RawBatch], cfg: PipelineConfig, workers: int = 1,
     op.output("scores", streams.anomaly_scores, TestingSink(scores))
     op.output("incident_events", streams.incident_transitions, TestingSink(events))
     op.output("incident_states", streams.incident_states, TestingSink(versions))
+    op.output("reading_issues", streams.reading_issues, TestingSink(issues))
     if workers == 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return FlowResult(
-        _frame(stats), _frame(alerts), _frame(states), dead, _frame(scores), _frame(events), _frame(versions)
+        _frame(stats), _frame(alerts), _frame(states), dead, _frame(scores), _frame(events), _frame(versions),
+        _frame(issues),
     )
 
 

@@ -17,6 +17,7 @@ def window_stats_reference(readings: pd.DataFrame, window_ms: int) -> pd.DataFra
     grouped = df.groupby(["machine_id", "window_start"], sort=True)
     out = grouped.agg(readings=("ts", "size"), first_ts=("ts", "min"), last_ts=("ts", "max"))
     out["last_seq"] = grouped["seq"].last()
+    out["first_seq"] = grouped["seq"].first()
     for sensor in SENSORS:
         column = grouped[sensor]
         out[f"{sensor}_count"] = column.count()

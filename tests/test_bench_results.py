@@ -153,7 +153,7 @@ def test_one_section_runs_on_its_own_and_names_its_command() -> None:
         "python -m bench.run --only recovery-cost --recovery-readings 200000 --machines 10000 --runs 3")
     assert selected(parse_args(["--skip-e2e", "--skip-tuning"])) == ["engine", "recovery-cost", "replay",
                                                                      "model-quality", "soak", "incident-noise",
-                                                                     "incident-latency"]
+                                                                     "incident-latency", "dashboard-queries"]
     assert selected(parse_args(["--only", "incident_noise"])) == ["incident-noise"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "engine", "--skip-e2e"])

@@ -100,6 +100,7 @@ def window_row(machine_id: str, start: datetime, n: int = 10, base: float = 50.0
         "first_ts": start,
         "last_ts": start + timedelta(seconds=9),
         "last_seq": int(start.timestamp()),
+        "first_seq": int(start.timestamp()) - (n - 1),
         "status_last": "running",
         "emitted_at": start + timedelta(seconds=12),
     }
@@ -197,15 +198,15 @@ class FlakyInserts:
 def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Settings) -> None:
     database = settings.clickhouse_database
     packaged = [m.version for m in load_migrations()]
-    # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents
-    assert packaged == [1, 2, 3, 4, 5]
+    # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents, 006_data_quality
+    assert packaged == [1, 2, 3, 4, 5, 6]
     assert apply_schema(engine, database) == packaged
     assert apply_schema(engine, database) == []
     versions = engine.query(f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version").result_rows
     assert versions == [(v,) for v in packaged]
     tables = {row[0] for row in engine.query(f"SHOW TABLES FROM `{database}`").result_rows}
     assert {"window_stats", "alerts", "machine_state", "machines", "window_stats_hourly", "anomaly_scores", "incidents",
-            "incident_events"} <= tables
+            "incident_events", "reading_issues", "data_quality", "data_quality_store"} <= tables
     # A start that crashed after the DDL but before recording it runs the files again: every statement
     # is IF NOT EXISTS, so that succeeds and records the versions.
     engine.command(f"TRUNCATE TABLE `{database}`.schema_migrations")
@@ -215,14 +216,15 @@ def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Setting
 def _clickhouse_type(field: pa.Field) -> str:
     if pa.types.is_timestamp(field.type):
         return "Nullable(DateTime64(3, 'UTC'))" if field.nullable else "DateTime64(3, 'UTC')"
-    base = {pa.string(): "String", pa.float64(): "Float64", pa.uint32(): "UInt32", pa.int64(): "Int64",
+    base = {pa.string(): "String", pa.float64(): "Float64", pa.uint32(): "UInt32", pa.int32(): "Int32", pa.int64(): "Int64",
             pa.bool_(): "Bool"}[field.type]
     return f"Nullable({base})" if field.nullable else base
 
 
 @pytest.mark.parametrize("table", sorted(TABLE_SCHEMAS))
 def test_table_columns_match_arrow_schema(engine: Client, db: str, table: str) -> None:
-    described = engine.query(f"DESCRIBE TABLE `{db}`.{table}").result_rows
+    # MATERIALIZED columns (reading_issues.hour) are computed by the table, never sent by the sink.
+    described = [row for row in engine.query(f"DESCRIBE TABLE `{db}`.{table}").result_rows if row[2] != "MATERIALIZED"]
     actual = {name: ch_type.removeprefix("LowCardinality(").removesuffix(")") if "LowCardinality" in ch_type else ch_type
               for name, ch_type, *_ in described}
     expected = {field.name: _clickhouse_type(field) for field in TABLE_SCHEMAS[table]}
@@ -408,6 +410,8 @@ def test_sink_backpressure_and_outage_lose_nothing(engine: Client, settings: Set
         return flaky[-1]  # type: ignore[return-value]
 
     retries_before = REGISTRY.get_sample_value("plantpulse_clickhouse_insert_retries_total") or 0.0
+    sink_retries = {"sink": "clickhouse"}  # the pipeline board's "sink retries" panel
+    sink_retries_before = REGISTRY.get_sample_value("plantpulse_sink_retries_total", sink_retries) or 0.0
     items, inputs = _sink_items(n_batches=40, machines=20)  # 20-row tables into a 60-row buffer
     sink = ClickHouseSink(settings, connect_fn=flaky_connect, backoff_factory=lambda: Backoff(0.01, 0.05))
     _run_flow(settings, items, sink)
@@ -416,6 +420,7 @@ def test_sink_backpressure_and_outage_lose_nothing(engine: Client, settings: Set
     db = settings.clickhouse_database
     assert part.retries == failures
     assert REGISTRY.get_sample_value("plantpulse_clickhouse_insert_retries_total") - retries_before == failures
+    assert REGISTRY.get_sample_value("plantpulse_sink_retries_total", sink_retries) - sink_retries_before == failures
     assert part.backpressure_waits > 0
     assert part.peak_buffered_rows <= settings.clickhouse_max_buffer_rows
     assert scalar(engine, f"SELECT count() FROM `{db}`.window_stats") == inputs["window_stats"].num_rows
@@ -584,3 +589,20 @@ def test_sink_does_not_retry_a_busy_embedded_engine(settings: Settings, chdb_dir
 
     with pytest.raises(EmbeddedDatabaseBusy, match="pid 1234"):
         ClickHouseSink(settings, connect_fn=busy).build_part("out", "clickhouse-0", None)
+
+
+def test_refresh_interval_comes_from_the_setting_at_every_start(engine: Client, db: str) -> None:
+    """CLICKHOUSE_REFRESH_SECONDS replaces the DDL's one minute, and a later start with another value wins."""
+    from connectors.clickhouse_schema import REFRESHABLE_VIEWS, set_refresh_interval
+
+    def intervals() -> set[str]:
+        return {re.search(r"REFRESH EVERY (\d+ \w+)", engine.query(f"SHOW CREATE TABLE `{db}`.{view}").result_rows[0][0])[1]
+                for view in REFRESHABLE_VIEWS}
+
+    assert intervals() == {"1 MINUTE"}
+    set_refresh_interval(engine, db, 7)
+    assert intervals() == {"7 SECOND"}
+    set_refresh_interval(engine, db, 3600)
+    assert intervals() == {"1 HOUR"}  # ClickHouse shows the interval in its largest unit
+    with pytest.raises(ValueError, match="CLICKHOUSE_REFRESH_SECONDS"):
+        set_refresh_interval(engine, db, 0)

@@ -14,6 +14,7 @@ ALLOWED: dict[str, set[str]] = {
     "flows": GROUND | {"models", "connectors", "flows"},
     "sim": GROUND | {"connectors", "sim"},
     "notify": GROUND | {"connectors", "notify"},
+    "grafana": GROUND | {"connectors", "grafana"},
 }
 ROOF = {"plantpulse.cli", "plantpulse.demo"}
 
@@ -25,7 +26,8 @@ def _our_imports(path: Path) -> set[str]:
             names.add(node.module)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-    return {n for n in names if n.split(".")[0] in {"plantpulse", "models", "connectors", "flows", "sim", "notify", "bench"}}
+    ours = {"plantpulse", "models", "connectors", "flows", "sim", "notify", "grafana", "bench"}
+    return {n for n in names if n.split(".")[0] in ours}
 
 
 def _allowed(imported: str, allowed: set[str]) -> bool:
