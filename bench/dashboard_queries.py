@@ -109,14 +109,16 @@ def focus_machine(client: Client, time_from: datetime, time_to: datetime) -> tup
 
 
 def time_panels(client: Client, queries: Mapping[str, PanelQuery], *, time_from: datetime, time_to: datetime,
-                variables: Mapping[str, str | list[str]], runs: int) -> dict:
+                variables: Mapping[str, str | list[str]], all_machines: list[str], runs: int) -> dict:
     """Every dashboard query (not alert.*) expanded as a panel over [time_from, time_to]."""
     interval = panel_interval(time_from, time_to)
     timed = {}
     for key, query in queries.items():
         if key.startswith("alert."):
             continue
-        sql = expand(query.sql, time_from=time_from, time_to=time_to, interval=interval, variables=variables,
+        # Machine detail shows the focus machine; the other boards have machine_id at All (every machine).
+        scoped = {**variables, "machine_id": variables["machine_id"] if key.startswith("machine.") else all_machines}
+        sql = expand(query.sql, time_from=time_from, time_to=time_to, interval=interval, variables=scoped,
                      all_selected=FLEET_VARIABLES)
         timed[key] = time_query(client, sql, runs)
     return {"time_from": _iso(time_from), "time_to": _iso(time_to), "interval_s": interval.total_seconds(),
@@ -165,8 +167,10 @@ def time_seeded(seeded: Seeded, runs: int = RUNS, queries: Mapping[str, PanelQue
                   for table, final in (("window_stats", " FINAL"), ("anomaly_scores", " FINAL"), ("incidents", " FINAL"),
                                        ("reading_issues", " FINAL"), ("machine_state", " FINAL"),
                                        ("window_stats_hourly", ""))}
+        all_machines = sorted(str(m) for (m,) in client.query("SELECT machine_id FROM machines FINAL").result_rows)
         ranges = {name: time_panels(client, queries, time_from=time_to - span, time_to=time_to,
-                                    variables=variables, runs=runs) for name, span in RANGES.items()}
+                                    variables=variables, all_machines=all_machines, runs=runs)
+                  for name, span in RANGES.items()}
         alerts = time_alerts(client, queries, time_to=time_to, runs=runs)
     finally:
         client.close()
