@@ -53,8 +53,8 @@ def dashboard_queries(results: Results) -> str:
         f"- Last hour (ending {hour['time_to']}, the data ending {s['data_end']}; interval {hour['interval_s']:g} s): "
         f"slowest **`{top['key']}`, median {_ms(top['median_ms'])}** "
         f"(max {_ms(top['max_ms'])}); then {_listed(hour['slowest'][1:])}.",
-        f"- Last 24 hours of the same data (interval {day['interval_s']:g} s; the window panels read the hourly "
-        f"rollup): slowest {_listed(day['slowest'])}.",
+        f"- Last 24 hours of the same data (interval {day['interval_s']:g} s; the fleet-wide panels read the hourly "
+        f"rollups): slowest {_listed(day['slowest'])}.",
         f"- Alert rules: slowest {_listed(alerts['slowest'])}.",
         "",
         "| query | last hour: median / max | rows | est. rows read | last 24 h: median / max | rows | "

@@ -25,7 +25,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DATABASE_PLACEHOLDER = "{database}"
 
 # Views refreshed on a schedule by the server; tests and `plantpulse sql` users can force a refresh.
-REFRESHABLE_VIEWS: tuple[str, ...] = ("window_stats_hourly_refresh", "data_quality_refresh")
+REFRESHABLE_VIEWS: tuple[str, ...] = (
+    "window_stats_hourly_refresh", "data_quality_refresh", "anomaly_scores_hourly_refresh",
+)
 
 
 @dataclass(frozen=True)

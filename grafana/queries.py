@@ -18,9 +18,9 @@ SQL conventions:
   the range condition; it is a constant once the macros are expanded, so ClickHouse drops the branch that is
   off (constant-false WHERE) without reading its table. Hourly buckets are at least an hour wide, so a rate or
   mean never divides an hour's rows by a shorter bucket.
-- anomaly_scores has no rollup: the fleet-wide panels on it read only (machine_id, window_start, score,
-  threshold), without FINAL, pruned by the daily partition; the per-machine ones by the (machine_id,
-  window_start) primary key.
+- Fleet-wide risk panels switch likewise from `anomaly_scores` to its hourly rollup `anomaly_scores_hourly`
+  (max score / threshold per machine and hour); the per-machine score panel reads `anomaly_scores` by the
+  (machine_id, window_start) primary key.
 - Incident panels filter on `opened_window_start` (event time of the opening detection, the table's partition
   key) so they line up with the window charts; durations use the wall-clock opened/acknowledged/resolved_at.
 """
@@ -85,10 +85,18 @@ _add("fleet.open_incidents_by_severity", "Open incidents by severity", "table", 
     ORDER BY severity""")
 # A time-series frame pivoted to one field per line (plugin format 0) is what the heatmap panel draws as rows.
 _add("fleet.risk_heatmap", "Anomaly risk by line (score / threshold)", "time_series", ("time", "line", "risk"), f"""
-    SELECT $__timeInterval(s.window_start) AS time, m.line AS line, max(s.score / assumeNotNull(s.threshold)) AS risk
-    FROM anomaly_scores AS s
-    INNER JOIN (SELECT machine_id, line FROM machines FINAL) AS m ON m.machine_id = s.machine_id
-    WHERE $__timeFilter(s.window_start) AND s.threshold > 0 AND NOT s.warming_up AND s.{IN_SCOPE}
+    SELECT time, m.line AS line, max(r.risk) AS risk
+    FROM
+    (
+        SELECT $__timeInterval(window_start) AS time, machine_id, score / assumeNotNull(threshold) AS risk
+        FROM anomaly_scores
+        WHERE {SHORT_RANGE} AND $__timeFilter(window_start) AND threshold > 0 AND NOT warming_up AND {IN_SCOPE}
+        UNION ALL
+        SELECT {HOUR_BUCKET} AS time, machine_id, assumeNotNull(max_risk) AS risk
+        FROM anomaly_scores_hourly
+        WHERE {LONG_RANGE} AND {HOUR_FILTER} AND max_risk IS NOT NULL AND {IN_SCOPE}
+    ) AS r
+    INNER JOIN (SELECT machine_id, line FROM machines FINAL) AS m ON m.machine_id = r.machine_id
     GROUP BY time, line
     ORDER BY time, line""")
 _add("fleet.top_risk", "Top 10 machines by risk", "table", ("machine_id", "line", "risk", "open_incidents", "state"), f"""
@@ -96,9 +104,17 @@ _add("fleet.top_risk", "Top 10 machines by risk", "table", ("machine_id", "line"
            if(i.open_incidents > 0, 'in_incident', toString(st.state)) AS state
     FROM
     (
-        SELECT machine_id, max(score / assumeNotNull(threshold)) AS risk
-        FROM anomaly_scores
-        WHERE $__timeFilter(window_start) AND threshold > 0 AND NOT warming_up AND {IN_SCOPE}
+        SELECT machine_id, max(risk) AS risk
+        FROM
+        (
+            SELECT machine_id, score / assumeNotNull(threshold) AS risk
+            FROM anomaly_scores
+            WHERE {SHORT_RANGE} AND $__timeFilter(window_start) AND threshold > 0 AND NOT warming_up AND {IN_SCOPE}
+            UNION ALL
+            SELECT machine_id, assumeNotNull(max_risk) AS risk
+            FROM anomaly_scores_hourly
+            WHERE {LONG_RANGE} AND {HOUR_FILTER} AND max_risk IS NOT NULL AND {IN_SCOPE}
+        )
         GROUP BY machine_id
         ORDER BY risk DESC, machine_id
         LIMIT 10

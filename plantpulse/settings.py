@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr | None = None
     clickhouse_flush_seconds: float = Field(1.0, gt=0, description="Max age of buffered rows before insert.")
     clickhouse_refresh_seconds: int = Field(
-        60, ge=1, description="How often the refreshable rollups (window_stats_hourly, data_quality) recompute."
+        60, ge=1, description="How often the refreshable rollups (the hourly ones, data_quality) recompute."
     )
     clickhouse_max_buffer_rows: int = Field(
         200_000, ge=1, description="Rows buffered per sink before the flow is held back (backpressure)."

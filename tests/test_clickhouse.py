@@ -198,15 +198,17 @@ class FlakyInserts:
 def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Settings) -> None:
     database = settings.clickhouse_database
     packaged = [m.version for m in load_migrations()]
-    # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents, 006_data_quality
-    assert packaged == [1, 2, 3, 4, 5, 6]
+    # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents, 006_data_quality,
+    # 007_anomaly_hourly
+    assert packaged == [1, 2, 3, 4, 5, 6, 7]
     assert apply_schema(engine, database) == packaged
     assert apply_schema(engine, database) == []
     versions = engine.query(f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version").result_rows
     assert versions == [(v,) for v in packaged]
     tables = {row[0] for row in engine.query(f"SHOW TABLES FROM `{database}`").result_rows}
     assert {"window_stats", "alerts", "machine_state", "machines", "window_stats_hourly", "anomaly_scores", "incidents",
-            "incident_events", "reading_issues", "data_quality", "data_quality_store"} <= tables
+            "incident_events", "reading_issues", "data_quality", "data_quality_store",
+            "anomaly_scores_hourly"} <= tables
     # A start that crashed after the DDL but before recording it runs the files again: every statement
     # is IF NOT EXISTS, so that succeeds and records the versions.
     engine.command(f"TRUNCATE TABLE `{database}`.schema_migrations")

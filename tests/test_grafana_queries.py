@@ -98,15 +98,34 @@ def test_open_critical_incidents_rule_counts_what_the_incident_table_holds(dashb
     assert float(rows[0][0]) == float(expected[0][0])
 
 
-def test_long_range_window_panels_read_the_hourly_rollup(dashboard_db: DashboardSeed, ranges: dict) -> None:
-    """Over 30 days the fleet-wide window panels must not scan raw windows: EXPLAIN ESTIMATE shows which tables
-    the expanded query would read, and window_stats must not be among them."""
+@pytest.mark.parametrize(("rollup", "raw"), [("window_stats_hourly", "window_stats"),
+                                           ("anomaly_scores_hourly", "anomaly_scores")])
+def test_long_range_panels_read_the_hourly_rollups(dashboard_db: DashboardSeed, ranges: dict, rollup: str,
+                                                   raw: str) -> None:
+    """Over 30 days the fleet-wide panels must not scan raw windows or scores: EXPLAIN ESTIMATE shows which
+    tables the expanded query would read, and the raw table must not be among them."""
     time_from, time_to = ranges["30 days"]
-    switching = [k for k in PANEL_KEYS if "window_stats_hourly" in QUERIES[k].sql]
-    assert switching, "no panel uses the hourly rollup"
+    switching = [k for k in PANEL_KEYS if rollup in QUERIES[k].sql]
+    assert switching, f"no panel uses {rollup}"
     for key in switching:
         sql = expand(QUERIES[key].sql, time_from=time_from, time_to=time_to, interval=panel_interval(time_from, time_to),
                      variables=_variables(dashboard_db, key))
         columns, rows = run_panel_sql(dashboard_db, f"EXPLAIN ESTIMATE {sql}")
         read = {row[columns.index("table")]: row[columns.index("rows")] for row in rows}
-        assert read.get("window_stats", 0) == 0, f"{key} reads raw windows over 30 days: {read}"
+        assert read.get(raw, 0) == 0, f"{key} reads {raw} over 30 days: {read}"
+        assert read.get(f"{rollup}_store", 0) > 0, f"{key} does not read {rollup}: {read}"  # the view's table
+
+
+def test_anomaly_rollup_holds_each_hours_highest_risk(dashboard_db: DashboardSeed) -> None:
+    """anomaly_scores_hourly against the same figures computed from the scores in Python."""
+    _, scores = run_panel_sql(dashboard_db, "SELECT machine_id, toStartOfHour(window_start), score, threshold, warming_up "
+                                            "FROM anomaly_scores FINAL")
+    expected: dict[tuple, float] = {}
+    for machine, hour, score, threshold, warming_up in scores:
+        if not warming_up and threshold and threshold > 0:
+            expected[(machine, hour)] = max(expected.get((machine, hour), 0.0), score / threshold)
+    _, rolled = run_panel_sql(dashboard_db, "SELECT machine_id, hour, max_risk FROM anomaly_scores_hourly "
+                                            "WHERE max_risk IS NOT NULL")
+    got = {(machine, hour): risk for machine, hour, risk in rolled}
+    assert got.keys() == expected.keys() and len(got) > 0
+    assert all(math.isclose(got[k], expected[k], rel_tol=1e-9) for k in got)
