@@ -17,7 +17,7 @@ import pytest
 from connectors.broker import EmbeddedBroker
 from plantpulse.settings import Settings
 from tests.brokerkit import isolated_settings
-from tests.dashboard_seed import DashboardSeed, seed_dashboard_db
+from tests.dashboard_seed import DashboardSeed, close_clients, seed_dashboard_db
 
 # The test session's one embedded ClickHouse holds dozens of databases; each one's rollup views would recompute
 # every minute in the background and slow every query of the session. Tests force the rollups when they read
@@ -56,7 +56,9 @@ def kafka_settings(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Sett
 
 
 @pytest.fixture(scope="session")
-def dashboard_db(broker: EmbeddedBroker, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> DashboardSeed:
+def dashboard_db(broker: EmbeddedBroker, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[DashboardSeed]:
     """A chDB database seeded by a short simulator run through the real flow (faults, imperfections, incidents);
     see tests/dashboard_seed.py. Shared by the dashboard query and snapshot tests: they only read it."""
-    return seed_dashboard_db(broker.bootstrap, chdb_dir, tmp_path_factory.mktemp("dashboards"))
+    yield seed_dashboard_db(broker.bootstrap, chdb_dir, tmp_path_factory.mktemp("dashboards"))
+    close_clients()

@@ -142,18 +142,29 @@ def seed_gaps() -> Gaps:
 
 
 def run_panel_sql(seed: DashboardSeed, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-    """Run one query in the seeded database: (column names, rows). Holds the embedded engine only meanwhile."""
+    """Run one query in the seeded database: (column names, rows), through one client per seed.
+
+    The client is kept (`close_clients` at the session's end): the engine is in this process anyway, and a new
+    embedded client costs about a second once the session's engine holds many databases."""
     from connectors.clickhouse_client import connect
 
-    client = connect(seed.settings, seed.database)
-    try:
-        result = client.query(sql, parameters=parameters)
-        columns = list(result.column_names)
-        if not columns:  # chDB names no columns for an empty result; DESCRIBE does, without running the query
-            columns = [row[0] for row in client.query(f"DESCRIBE TABLE ({sql})", parameters=parameters).result_rows]
-        return columns, [tuple(row) for row in result.result_rows]
-    finally:
-        client.close()
+    client = _clients.get(seed.database)
+    if client is None:
+        client = _clients[seed.database] = connect(seed.settings, seed.database)
+    result = client.query(sql, parameters=parameters)
+    columns = list(result.column_names)
+    if not columns:  # chDB names no columns for an empty result; DESCRIBE does, without running the query
+        columns = [row[0] for row in client.query(f"DESCRIBE TABLE ({sql})", parameters=parameters).result_rows]
+    return columns, [tuple(row) for row in result.result_rows]
+
+
+_clients: dict[str, Any] = {}
+
+
+def close_clients() -> None:
+    """Close the clients `run_panel_sql` kept."""
+    while _clients:
+        _clients.popitem()[1].close()
 
 
 def _utc(ms: int) -> datetime:
