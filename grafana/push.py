@@ -41,6 +41,9 @@ from grafana_client.client import GrafanaException
 
 from grafana.provisioning_files import GRAFANA_ENV
 
+# Non-secret datasource settings default to the compose/k8s values; secrets (GRAFANA_ENV gives them "") do not.
+DEFAULT_ENV: dict[str, str] = {name: default for name, (default, _) in GRAFANA_ENV.items() if default}
+
 FOLDER_UID = "plantpulse"
 FOLDER_TITLE = "PlantPulse"
 PROVISIONING_DIR = Path(__file__).with_name("provisioning")
@@ -147,8 +150,7 @@ def push(api: GrafanaApi, provisioning: Provisioning, *, env: Mapping[str, str] 
     stops the push before Grafana is touched.
     """
     env = os.environ if env is None else env
-    # Non-secret settings fall back to the documented compose defaults; secrets (default "") must be set.
-    env = {**{name: default for name, (default, _) in GRAFANA_ENV.items() if default}, **env}
+    env = {**DEFAULT_ENV, **env}
     datasources = [_datasource_body(source, env) for source in provisioning.datasources]
     groups = [_alert_group_body(group) for group in provisioning.alert_groups]
     done = [_push_folder(api)]

@@ -542,20 +542,18 @@ def grafana_push(
     """
     import os
 
-    from grafana.provisioning_files import GRAFANA_ENV
-    from grafana.push import GrafanaPushError, connect, load_provisioning, push
+    from grafana.push import DEFAULT_ENV, GrafanaPushError, connect, load_provisioning, push
 
     if not token:
         _fail("grafana push: give --token or set GRAFANA_TOKEN (a Grafana service account token, Editor or Admin)")
-    # Secrets have no default (GRAFANA_ENV gives them ""): push refuses to send an unset one.
-    defaults = {name: value for name, (value, _) in GRAFANA_ENV.items() if value}
+    # push() fills unset non-secret settings from DEFAULT_ENV and refuses an unset secret.
     try:
-        done = push(connect(url, token), load_provisioning(), env={**defaults, **os.environ})
+        done = push(connect(url, token), load_provisioning(), env=os.environ)
     except (GrafanaPushError, ValueError) as error:
         _fail(" ".join(str(error).split()))  # one line, even if Grafana's answer had several
     for pushed in done:
         typer.echo(pushed.line())
-    assumed = sorted(name for name in defaults if name not in os.environ)
+    assumed = sorted(name for name in DEFAULT_ENV if name not in os.environ)
     if assumed:
         typer.echo(f"plantpulse: datasources use the compose/k8s defaults for {', '.join(assumed)} "
                    "(set them to point Grafana elsewhere)", err=True)
