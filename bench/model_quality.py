@@ -1,7 +1,7 @@
 """Anomaly-model quality and speed on the simulator's labelled faults.
 
     python -m bench.model_quality                       # report seeds 101-103, writes results/model_quality.json
-    python -m bench.model_quality --seeds 1 2 3 --no-write --set default.threshold.floor=7   # tuning
+    python -m bench.model_quality --seeds 1 2 3 --no-write --set physics.threshold.floor=7   # tuning
 
 One simulated stream per fault kind (bearing_wear, overheating, pressure_leak: one kind per run, so the
 precision of each kind is exact) plus a fault-free fleet for false alarms per machine-day. Each stream

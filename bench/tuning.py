@@ -21,18 +21,18 @@ from plantpulse.settings import PACKAGED_MODELS_FILE
 
 FAULT_MACHINES, FAULT_HOURS = 200, 1.0  # the fault runs of bench.model_quality's defaults
 HEALTHY_MACHINES, HEALTHY_HOURS = 400, 6.0
-NO_SHRINK = {"default.regression.extrapolation": "0"}
-NO_TREND = {"default.trend_weight.log_vibration_residual": "0"}
+NO_SHRINK = {"physics.regression.extrapolation": "0"}
+NO_TREND = {"physics.trend_weight.log_vibration_residual": "0"}
 # (what the variant is, its overrides of the packaged spec); the packaged spec itself is the empty override.
 VARIANTS: tuple[tuple[str, dict[str, str]], ...] = (
     ("single-window z only", {**NO_SHRINK, **NO_TREND}),
     ("+ residuals shrunk far from the learned operating points", NO_TREND),
     ("+ vibration trend: the packaged spec", {}),
-    ("the same, heavier trend", {"default.trend_weight.log_vibration_residual": "1.7"}),
-    ("strong shrink, heavier trend", {"default.regression.extrapolation": "1.0",
-                                      "default.trend_weight.log_vibration_residual": "2.0"}),
+    ("the same, heavier trend", {"physics.trend_weight.log_vibration_residual": "1.7"}),
+    ("strong shrink, heavier trend", {"physics.regression.extrapolation": "1.0",
+                                      "physics.trend_weight.log_vibration_residual": "2.0"}),
     ("no shrink, no trend, heavier vibration weight", {**NO_SHRINK, **NO_TREND,
-                                                       "default.weight.log_vibration_residual": "1.8"}),
+                                                       "physics.weight.log_vibration_residual": "1.8"}),
 )
 
 

@@ -275,6 +275,8 @@ class LakeSinkPartition(StatefulSinkPartition[pa.Table, LakeState]):
             raise TypeError(f"{self.name}: expected a pyarrow.Table of decoded readings, got {type(table).__name__}")
         if self.schema.equals(QUARANTINE_ARROW_SCHEMA):
             table = with_original_columns(table)  # rows of releases before the original_* columns
+        elif "channels" not in table.column_names and "channels" in self.schema.names:  # readings without channels
+            table = table.append_column("channels", pa.nulls(table.num_rows, self.schema.field("channels").type))
         try:
             return table.select(self.schema.names).cast(self.schema)
         except (KeyError, pa.ArrowException) as exc:

@@ -211,6 +211,8 @@ def _provenance(fs: AbstractFileSystem, path: str, table: pa.Table) -> list[dict
 def _read_file(fs: AbstractFileSystem, path: str) -> pa.Table:
     with fs.open(path, "rb") as handle:
         table = pq.read_table(io.BytesIO(handle.read()))
+    if "channels" not in table.column_names:  # written before readings carried channels (issue 15)
+        table = table.append_column("channels", pa.nulls(table.num_rows, READING_ARROW_SCHEMA.field("channels").type))
     return table.select(READING_ARROW_SCHEMA.names).cast(READING_ARROW_SCHEMA)
 
 

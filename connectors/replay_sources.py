@@ -3,15 +3,19 @@
 - **Simulator recording** (`run.parquet` with `run.labels.parquet` and `run.machines.csv` beside it): the
   messages exactly as they were sent (`raw`), in send order, cut into Kafka-like polls read lazily from
   the file; they are decoded and validated by the replay like on Kafka. Labels: the labels file.
-- **Parquet lake** (`file:///…` or `s3://…`, a `LAKE_URL`, or a local lake directory): decoded readings,
-  read lazily hour by hour, each hour sorted by event time.
-- **CSV or Parquet file** with columns `machine_id, ts, <sensors…>[, status][, seq][, machine_type][, label]`:
-  `ts` in epoch milliseconds or ISO 8601 (UTC if no zone); sensors are any of temperature, pressure,
-  vibration, rpm, power (missing columns are null); `status` defaults to `running`; `seq` to the reading's
-  number within its machine in time order; `label` empty or `normal` means healthy, anything else names a fault, and
-  each run of consecutive equal labels of a machine is one fault event.
+- **Parquet lake** (`file:///…` or `s3://…`, a `LAKE_URL`, or a local lake directory, i.e. one holding
+  `dt=…` directories): decoded readings, read lazily hour by hour, each hour sorted by event time.
+- **CSV or Parquet files**, one or several, or directories of them (every `*.csv` and `*.parquet` below,
+  sorted, recursively): columns as in `connectors.replay_tables` (any numeric column that is no known
+  column is a sensor channel; SKAB's and NAB's files replay as they are). A file without a `machine_id`
+  column is one machine named after the file: its stem for a file given directly, `<directory>/<path
+  below it without suffix>` for a file of a directory, made a valid machine id (`/` and other characters
+  the id pattern does not allow become `_`: `valve2/0.csv` in `valve2/` is machine `valve2_0`). Two files
+  naming one machine that way are an error. The readings of all files are merged in event-time order.
+  Labels: a label column, or NAB windows beside the file; `points` holds every labelled reading for the
+  point-wise scorers (`models.benchmark_scores`).
 
-Decoded inputs are sorted by event time and cut into tables of `chunk_rows` readings.
+A recording or a lake is replayed alone. Decoded inputs are cut into tables of `chunk_rows` readings.
 """
 
 from __future__ import annotations
@@ -19,23 +23,23 @@ from __future__ import annotations
 import csv
 import itertools
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from connectors.lake_read import QUARANTINE_DIR, lake_files
 from connectors.lake_store import open_lake
-from plantpulse.schema import READING_ARROW_SCHEMA, SENSORS, RawBatch
+from connectors.replay_tables import labels_and_points, machine_id_from, read_table_file
+from plantpulse.schema import READING_ARROW_SCHEMA, RawBatch
 
 LABELS_COLUMNS = ("machine_id", "fault", "start_ts", "end_ts")
-HEALTHY_LABELS = ("", "normal")
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 @dataclass
@@ -46,27 +50,104 @@ class ReplayInput:
     raw: bool
     items: Iterable[RawBatch] | Iterable[pa.Table]  # re-iterable: a grid replays it once per point
     readings: int
-    labels: pa.Table | None
+    labels: pa.Table | None  # events (LABELS_COLUMNS); for NAB windows: one per window
     machine_types: dict[str, str]
+    # Every labelled reading (machine_id, ts epoch ms, label), in time order per machine: the point-wise
+    # scorers' truth (SKAB protocol) and the readings NAB's scorer numbers. None without labelled tables.
+    points: pa.Table | None = None
 
 
 def open_input(
-    source: str, *, chunk_rows: int = 50_000, poll_size: int = 10_000, s3_endpoint_url: str | None = None
+    source: str | Sequence[str], *, chunk_rows: int = 50_000, poll_size: int = 10_000,
+    s3_endpoint_url: str | None = None,
 ) -> ReplayInput:
-    """Recognise `source` (lake URL, recording, CSV/Parquet file) and open it (`s3_endpoint_url`: an
-    S3-compatible endpoint such as MinIO for an `s3://` lake; credentials come from the environment)."""
-    if source.startswith(("file://", "s3://")):
-        return _lake(source, chunk_rows, s3_endpoint_url)
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(f"replay: input {source!r} does not exist (a file, or a file:// / s3:// lake URL)")
-    if path.is_dir():
-        return _lake(f"file://{path.resolve()}", chunk_rows, None)
-    if path.suffix == ".parquet" and "raw" in pq.read_schema(path).names:
-        return _recording(path, poll_size)
-    if path.suffix in (".parquet", ".csv"):
-        return _table_file(path, chunk_rows)
-    raise ValueError(f"replay: {source!r} is neither .csv nor .parquet nor a lake")
+    """Recognise `source` (lake URL, recording, CSV/Parquet file or directory of them; or several files and
+    directories) and open it (`s3_endpoint_url`: an S3-compatible endpoint such as MinIO for an `s3://` lake;
+    credentials come from the environment)."""
+    sources = [source] if isinstance(source, str) else list(source)
+    if not sources:
+        raise ValueError("replay: no input given")
+    files: list[tuple[Path, str]] = []  # (file, its machine id when it has no machine_id column)
+    for given in sources:
+        single = len(sources) == 1
+        if given.startswith(("file://", "s3://")):
+            if not single:
+                raise ValueError(f"replay: the lake {given!r} is replayed alone, not with other inputs")
+            return _lake(given, chunk_rows, s3_endpoint_url)
+        path = Path(given)
+        if not path.exists():
+            raise ValueError(f"replay: input {given!r} does not exist (a file, or a file:// / s3:// lake URL)")
+        if path.is_dir():
+            tables = _table_files(path)
+            if not tables:
+                if not single:
+                    raise ValueError(f"replay: {given!r} holds no .csv/.parquet files (a lake is replayed alone)")
+                return _lake(f"file://{path.resolve()}", chunk_rows, None)
+            files += [(f, machine_id_from(f"{path.resolve().name}/{f.relative_to(path).with_suffix('').as_posix()}"))
+                      for f in tables]
+        elif path.suffix == ".parquet" and "raw" in pq.read_schema(path).names:
+            if not single:
+                raise ValueError(f"replay: the recording {given!r} is replayed alone, not with other inputs")
+            return _recording(path, poll_size)
+        elif path.suffix in TABLE_SUFFIXES:
+            files.append((path, machine_id_from(path.stem)))
+        else:
+            raise ValueError(f"replay: {given!r} is neither .csv nor .parquet nor a lake")
+    return _tables(files, chunk_rows)
+
+
+def _table_files(directory: Path) -> list[Path]:
+    """The CSV/Parquet files below `directory`, sorted; none when it is a lake (has `dt=…` directories)."""
+    if any(child.is_dir() and child.name.startswith("dt=") for child in directory.iterdir()):
+        return []
+    found = [p for p in directory.rglob("*") if p.is_file() and p.suffix in TABLE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+    for path in found:
+        if path.suffix == ".parquet" and "raw" in pq.read_schema(path).names:
+            raise ValueError(f"replay: {path} is a simulator recording: replay it alone, not in a directory")
+    return sorted(found)
+
+
+def _tables(files: list[tuple[Path, str]], chunk_rows: int) -> ReplayInput:
+    """The files' readings merged in event-time order, their labels and labelled points."""
+    seen: dict[str, Path] = {}
+    parts, faults, labelled, window_ids, types = [], [], [], [], {}
+    for path, machine in files:
+        table = read_table_file(path, machine)
+        if table.default_machine is not None:
+            if table.default_machine in seen:
+                raise ValueError(f"replay: {seen[machine]} and {path} both are machine {machine!r} (named after "
+                                 "the file); rename one or give them machine_id columns")
+            seen[table.default_machine] = path
+        parts.append(pa.table(table.columns))
+        faults.append(np.array(table.faults if table.faults is not None else [None] * table.rows, dtype=object))
+        labelled.append(np.full(table.rows, table.faults is not None))
+        window_ids.append(table.window_ids if table.window_ids is not None else np.full(table.rows, -1, np.int64))
+        types.update(table.machine_types)
+    combined = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    n = combined.num_rows
+    machine_ids = np.asarray(combined["machine_id"].to_numpy(zero_copy_only=False), dtype=object)
+    ts = np.asarray(combined["ts"].to_numpy(), dtype=np.int64)
+    by_time = np.lexsort((np.arange(n), ts))  # the replay's order: event time, then file order
+    _, codes = np.unique(machine_ids, return_inverse=True)
+    by_machine = np.lexsort((np.arange(n), ts, codes))  # per machine in time order
+    seq = np.asarray(pc.fill_null(combined["seq"], -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    sorted_codes = codes[by_machine]
+    first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if n else np.zeros(0, np.int64)
+    number = np.empty(n, dtype=np.int64)
+    number[by_machine] = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    seq = np.where(combined["seq"].is_null().to_numpy(zero_copy_only=False), number, seq)
+    combined = combined.set_column(combined.schema.get_field_index("seq"), "seq", pa.array(seq, pa.int64()))
+    combined = combined.append_column("kafka_partition", pa.array(np.full(n, -1, np.int32)))
+    combined = combined.append_column("kafka_offset", pa.array(np.arange(n, dtype=np.int64)))  # input row
+    readings = combined.select(READING_ARROW_SCHEMA.names).cast(READING_ARROW_SCHEMA).take(pa.array(by_time))
+    labels = points = None
+    all_labelled = np.concatenate(labelled) if labelled else np.zeros(0, bool)
+    if all_labelled.any():
+        labels, points = labels_and_points(machine_ids[by_machine], ts[by_machine],
+                                           np.concatenate(faults)[by_machine], all_labelled[by_machine],
+                                           np.concatenate(window_ids)[by_machine])
+    return ReplayInput("table", False, _chunks(readings, chunk_rows), n, labels, types, points)
 
 
 class RecordingPolls:
@@ -123,84 +204,6 @@ def _lake(url: str, chunk_rows: int, endpoint_url: str | None) -> ReplayInput:
     if hours.readings == 0:
         raise ValueError(f"replay: the lake at {url!r} holds no readings (expected dt=YYYY-MM-DD/hour=HH/*.parquet)")
     return ReplayInput("lake", False, hours, hours.readings, None, {})
-
-
-def _table_file(path: Path, chunk_rows: int) -> ReplayInput:
-    table = pacsv.read_csv(path) if path.suffix == ".csv" else pq.read_table(path)
-    missing = {"machine_id", "ts"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"replay: {path} lacks column(s) {sorted(missing)}; see `plantpulse replay --help`")
-    n = table.num_rows
-    machine_ids = table["machine_id"].cast(pa.string())
-    ts = _epoch_ms(table["ts"], path)
-    order = np.lexsort((np.arange(n), ts))
-    columns = {
-        "machine_id": machine_ids,
-        "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("ms", "UTC")),
-        "seq": table["seq"].cast(pa.int64()) if "seq" in table.column_names else _row_number_per_machine(machine_ids, order),
-        **{s: (table[s].cast(pa.float64()) if s in table.column_names else pa.nulls(n, pa.float64())) for s in SENSORS},
-        "status": table["status"].cast(pa.string()) if "status" in table.column_names else pa.array(["running"] * n),
-        "kafka_partition": pa.array(np.full(n, -1, np.int32)),
-        "kafka_offset": pa.array(np.arange(n, dtype=np.int64)),
-    }
-    readings = pa.table(columns, schema=READING_ARROW_SCHEMA).take(pa.array(order))
-    labels = _labels_from_column(table, ts) if "label" in table.column_names else None
-    types = {}
-    if "machine_type" in table.column_names:
-        types = dict(zip(machine_ids.to_pylist(), table["machine_type"].cast(pa.string()).to_pylist()))
-    return ReplayInput("table", False, _chunks(readings, chunk_rows), n, labels, types)
-
-
-def _labels_from_column(table: pa.Table, ts: np.ndarray) -> pa.Table:
-    """Events: each run of consecutive equal non-healthy labels of a machine (in time order)."""
-    machines = table["machine_id"].cast(pa.string()).to_pylist()
-    labels = ["" if v is None else str(v).strip() for v in table["label"].to_pylist()]
-    rows: list[dict] = []
-    for machine in sorted(set(machines)):
-        idx = [i for i, m in enumerate(machines) if m == machine]
-        idx.sort(key=lambda i: ts[i])
-        current = None
-        for i in idx:
-            label = labels[i]
-            healthy = label.lower() in HEALTHY_LABELS
-            if current and (healthy or label != current["fault"]):
-                rows.append(current)
-                current = None
-            if not healthy:
-                if current is None:
-                    current = {"machine_id": machine, "fault": label, "start_ts": int(ts[i]), "end_ts": int(ts[i])}
-                current["end_ts"] = int(ts[i])
-        if current:
-            rows.append(current)
-    schema = pa.schema(
-        [("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()), ("end_ts", pa.int64())]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _epoch_ms(column: pa.ChunkedArray, path: Path) -> np.ndarray:
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
-    if pa.types.is_timestamp(column.type):
-        if column.type.tz is None:
-            column = pc.assume_timezone(column, "UTC")
-        return np.asarray(column.cast(pa.timestamp("ms", "UTC")).cast(pa.int64()).to_numpy(), dtype=np.int64)
-    try:
-        parsed = pc.cast(column.cast(pa.string()), pa.timestamp("ms"))
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"replay: {path} column ts is neither epoch ms nor ISO 8601: {exc}") from exc
-    return np.asarray(parsed.cast(pa.int64()).to_numpy(), dtype=np.int64)
-
-
-def _row_number_per_machine(machine_ids: pa.ChunkedArray, order: np.ndarray) -> pa.Array:
-    """Each row's number within its machine, counted in time order (`order`: the rows sorted by time)."""
-    ids = machine_ids.to_pylist()
-    counters: dict[str, int] = {}
-    numbers = np.zeros(len(ids), dtype=np.int64)
-    for i in order.tolist():
-        numbers[i] = counters.get(ids[i], 0)
-        counters[ids[i]] = numbers[i] + 1
-    return pa.array(numbers, pa.int64())
 
 
 def _chunks(table: pa.Table, rows: int) -> list[pa.Table]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import msgspec
@@ -21,7 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from plantpulse.schema import (
+    CHANNEL_LIMIT,
+    CHANNEL_NAME_PATTERN,
     MACHINE_ID_PATTERN,
+    MAX_CHANNELS,
     MAX_SEQ,
     PHYSICAL_LIMITS,
     SCHEMA_VERSION,
@@ -30,6 +34,7 @@ from plantpulse.schema import (
     WIRE_ARROW_SCHEMA,
     RawBatch,
     binary_array,
+    channels_array,
 )
 
 # Dead-letter reasons (the `reason` header of a dead-letter record).
@@ -43,6 +48,7 @@ TS_FUTURE = "ts_future"
 TS_TOO_OLD = "ts_too_old"
 OVERSIZED = "oversized"
 UNSUPPORTED_VERSION = "unsupported_version"
+BAD_CHANNELS = "bad_channels"
 LATE = "late"
 
 _REQUIRED = ("machine_id", "ts", "seq", "status")
@@ -95,6 +101,18 @@ class ValidationLimits:
 _PARSE_OPTIONS = pa_json.ParseOptions(explicit_schema=WIRE_ARROW_SCHEMA, unexpected_field_behavior="ignore")
 _READ_OPTIONS = pa_json.ReadOptions(use_threads=True, block_size=1 << 18)  # blocks parse in parallel
 _LOOSE_DECODER = msgspec.json.Decoder(_LooseReading)
+_CHANNEL_NAME = re.compile(CHANNEL_NAME_PATTERN)
+_CHANNELS_KEY = b'"channels"'
+
+
+class _Channels(msgspec.Struct):
+    """Only the optional `channels` object of a message (the rest is read by the batch reader)."""
+
+    channels: dict[str, float | None] | None = None
+
+
+_CHANNELS_DECODER = msgspec.json.Decoder(_Channels)
+_CHANNELS_TYPE = pa.map_(pa.string(), pa.float64())
 _STATUS_SET = pa.array(STATUSES)
 
 
@@ -123,8 +141,9 @@ class BatchDecoder:
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
+        channels = _read_channels(batch, candidates, dead)
         table = self._parse(batch, candidates, dead)
-        readings = self._validate(batch, table, candidates, now_ms, dead, sizes)
+        readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
     def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> pa.Table:
@@ -153,11 +172,12 @@ class BatchDecoder:
         return table
 
     def _validate(
-        self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter], sizes: np.ndarray
+        self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter], sizes: np.ndarray,
+        channels: dict[int, dict[str, float | None]] | None = None,
     ) -> pa.Table:
         n = table.num_rows
         if n == 0:
-            return _decoded_table(table, batch, np.zeros(0, np.int64), [], sizes)
+            return _decoded_table(table, batch, np.zeros(0, np.int64), [], sizes, channels)
         reasons = np.zeros(n, dtype=np.int8)  # 0 = valid, else index into _REASON_ORDER (first failing wins)
 
         def fail(mask: np.ndarray, reason: str) -> None:
@@ -195,7 +215,7 @@ class BatchDecoder:
             good = np.flatnonzero(reasons == 0)
             table = table.take(pa.array(good))
             rows = [rows[j] for j in good.tolist()]
-        return _decoded_table(table, batch, np.asarray(rows, dtype=np.int64), rows, sizes)
+        return _decoded_table(table, batch, np.asarray(rows, dtype=np.int64), rows, sizes, channels)
 
 
 _REASON_ORDER = (
@@ -210,11 +230,77 @@ _REASON_ORDER = (
     TS_TOO_OLD,
 )
 
-DECODED_COLUMNS = ("machine_id", "ts", "seq", *SENSORS, "status", "kafka_partition", "kafka_offset", "raw")
+DECODED_COLUMNS = (
+    "machine_id", "ts", "seq", *SENSORS, "status", "kafka_partition", "kafka_offset", "channels", "raw"
+)
+
+
+def _read_channels(batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> dict[int, dict[str, float | None]]:
+    """The `channels` objects of the candidates that have one, validated; a bad one dead-letters its message
+    (`bad_channels`, removed from `candidates` in place). A byte search finds them, so a poll without channels
+    costs one scan of its bytes."""
+    values = batch.values
+    found: dict[int, dict[str, float | None]] = {}
+    if _CHANNELS_KEY not in b"".join(values):  # most polls: one scan in C, no loop over the messages
+        return found
+    refused: set[int] = set()
+    for i in candidates:
+        if _CHANNELS_KEY not in values[i]:
+            continue
+        try:
+            channels = _CHANNELS_DECODER.decode(values[i]).channels
+        except msgspec.ValidationError as error:
+            if "channels" in str(error):
+                dead.append(_dead(batch, i, BAD_CHANNELS, f"channels: {error}"))
+                refused.add(i)
+            continue  # another field is wrong: the batch parse names it
+        except msgspec.DecodeError:
+            try:  # Python's parser accepts NaN/Infinity, which JSON does not (and pyarrow would skip them here)
+                parsed = json.loads(values[i])
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                continue  # not JSON at all: the batch parse names it
+            if isinstance(parsed, dict) and "channels" in parsed:
+                dead.append(_dead(batch, i, BAD_CHANNELS, "channels: a value is NaN or infinite (not JSON)"))
+                refused.add(i)
+            continue
+        if channels is None:
+            continue
+        problem = channel_problem(channels)
+        if problem:
+            dead.append(_dead(batch, i, BAD_CHANNELS, problem))
+            refused.add(i)
+        elif channels:
+            found[i] = channels
+    if refused:
+        candidates[:] = [i for i in candidates if i not in refused]
+    return found
+
+
+def channel_problem(channels: dict[str, float | None]) -> str:
+    """Why a reading's `channels` object is invalid ("" when it is valid).
+
+    >>> channel_problem({"flow": 1.0, "valve_2": None})
+    ''
+    >>> channel_problem({"Flow Rate": 1.0})
+    "channel name 'Flow Rate' does not match ^[a-z][a-z0-9_]{0,39}$"
+    >>> channel_problem({"flow": 1e300})
+    'channel flow=1e+300 outside [-1e+12, 1e+12]'
+    """
+    if len(channels) > MAX_CHANNELS:
+        return f"{len(channels)} channels, at most {MAX_CHANNELS}"
+    for name, value in channels.items():
+        if not _CHANNEL_NAME.match(name):
+            return f"channel name {name!r} does not match {CHANNEL_NAME_PATTERN}"
+        if name in SENSORS:
+            return f"channel name {name!r} is a core sensor: send it as the top-level field"
+        if value is not None and not (math.isfinite(value) and abs(value) <= CHANNEL_LIMIT):
+            return f"channel {name}={value!r} outside [{-CHANNEL_LIMIT:g}, {CHANNEL_LIMIT:g}]"
+    return ""
 
 
 def _decoded_table(
-    wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows: list[int], sizes: np.ndarray
+    wire: pa.Table, batch: RawBatch, positions: np.ndarray, rows: list[int], sizes: np.ndarray,
+    channels: dict[int, dict[str, float | None]] | None = None,
 ) -> pa.Table:
     offsets = np.asarray(batch.offsets, dtype=np.int64)[positions] if len(positions) else np.zeros(0, np.int64)
     columns = {
@@ -225,6 +311,7 @@ def _decoded_table(
         "status": wire["status"],
         "kafka_partition": pa.array(np.full(len(positions), batch.partition, dtype=np.int32)),
         "kafka_offset": pa.array(offsets),
+        "channels": channels_array([channels.get(i) for i in rows]) if channels else pa.nulls(len(rows), _CHANNELS_TYPE),
         "raw": binary_array(
             batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows], sizes[positions]
         ),

@@ -31,11 +31,12 @@ from flows.early_rules import EarlyBreaches, EarlyDetection
 from flows.rules import RuleCarry, ThresholdRule, evaluate_rules
 from flows.sequence_epochs import SequenceEpochs, running_max_before
 from flows.window_stats import ClosedReadings, Groups, window_stats_table
-from plantpulse.schema import MACHINE_STATE_ARROW_SCHEMA, SENSORS, STATUSES
+from plantpulse.schema import MACHINE_STATE_ARROW_SCHEMA, SENSORS, STATUSES, channel_columns
 
 logger = logging.getLogger("plantpulse.windows")
 _NEVER = np.iinfo(np.int64).min // 4
 _STATUS_SET = pa.array(STATUSES)
+CHANNEL_PREFIX = "channel:"  # buffer columns of extra channels (names cannot hold ':', core sensors have none)
 
 
 def shard_index(machine_id: str, shards: int) -> int:
@@ -206,6 +207,9 @@ class ShardWindows:
             }
             for sensor in SENSORS:
                 chunk[sensor] = table[sensor].to_numpy(zero_copy_only=False).astype(np.float64, copy=False)[keep]
+            if "channels" in table.column_names and table["channels"].null_count < n:
+                for name, values in channel_columns(table["channels"]).items():
+                    chunk[CHANNEL_PREFIX + name] = values[keep]
             self.buffer.append(chunk)
             found = self.early.observe(
                 self.rules, chunk["midx"], chunk["ts"], chunk["seq"], chunk,
@@ -316,6 +320,7 @@ class ShardWindows:
             seq=rows["seq"],
             sensors={s: rows[s] for s in SENSORS},
             status=rows["status"],
+            channels={k[len(CHANNEL_PREFIX):]: v for k, v in rows.items() if k.startswith(CHANNEL_PREFIX)},
         ).sorted()
         groups = Groups.of(readings, self.config.window_ms)
         ids = np.asarray(self.ids, dtype=object)
@@ -366,7 +371,11 @@ class ShardWindows:
 
     def _consolidate(self) -> None:
         if len(self.buffer) > 1:
-            self.buffer = [{k: np.concatenate([c[k] for c in self.buffer]) for k in self.buffer[0]}]
+            # Chunks may carry different channels: a channel a chunk lacks is NaN (not reported) there.
+            keys = dict.fromkeys(k for c in self.buffer for k in c)
+            self.buffer = [{
+                k: np.concatenate([c[k] if k in c else np.full(len(c["ts"]), np.nan) for c in self.buffer]) for k in keys
+            }]
 
     @property
     def open_readings(self) -> int:

@@ -6,20 +6,20 @@ Input is a `ClosedReadings` sorted by (machine, window_start, ts, seq); every ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from plantpulse.schema import SENSORS, STATUSES, WINDOW_STATS_ARROW_SCHEMA
+from plantpulse.schema import CHANNEL_STATS, SENSORS, STATUSES, WINDOW_STATS_ARROW_SCHEMA
 
 
 @dataclass
 class ClosedReadings:
     """Readings of closed windows, one NumPy array per column, sorted by (midx, ws, ts, seq).
 
-    `midx` indexes the shard's machine registry; sensor arrays hold NaN where the sensor was null;
-    `status` holds indices into `STATUSES`.
+    `midx` indexes the shard's machine registry; sensor and channel arrays hold NaN where the sensor was null
+    (or, for a channel, not reported); `status` holds indices into `STATUSES`.
     """
 
     midx: np.ndarray
@@ -28,6 +28,7 @@ class ClosedReadings:
     seq: np.ndarray
     sensors: dict[str, np.ndarray]
     status: np.ndarray
+    channels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -40,6 +41,7 @@ class ClosedReadings:
             seq=self.seq[order],
             sensors={name: values[order] for name, values in self.sensors.items()},
             status=self.status[order],
+            channels={name: values[order] for name, values in self.channels.items()},
         )
 
     def sorted(self) -> ClosedReadings:
@@ -118,10 +120,27 @@ def window_stats_table(
         held = np.where(readings.status == code, groups.hold_ms, 0)
         columns[f"secs_{status}"] = np.add.reduceat(held, starts) / 1000.0
     columns["emitted_at"] = np.full(len(starts), emitted_at_ms, dtype=np.int64)
-    return pa.Table.from_arrays(
-        [_arrow(columns[field.name], field.type) for field in WINDOW_STATS_ARROW_SCHEMA],
-        schema=WINDOW_STATS_ARROW_SCHEMA,
-    )
+    arrays = [_arrow(columns[f.name], f.type) for f in WINDOW_STATS_ARROW_SCHEMA if not f.name.startswith("channel_")]
+    arrays.extend(channel_stats_maps(readings.channels, groups))
+    return pa.Table.from_arrays(arrays, schema=WINDOW_STATS_ARROW_SCHEMA)
+
+
+def channel_stats_maps(channels: dict[str, np.ndarray], groups: Groups) -> list[pa.Array]:
+    """The `channel_<stat>` map columns (`CHANNEL_STATS` order): per group, an entry for every channel with
+    at least one value in it, in name order."""
+    n = len(groups.starts)
+    names = sorted(channels)
+    stats = [sensor_stats(channels[name], groups) for name in names]
+    present = np.column_stack([s["count"] > 0 for s in stats]) if names else np.zeros((n, 0), dtype=bool)
+    offsets = pa.array(np.concatenate(([0], np.cumsum(present.sum(axis=1)))).astype(np.int32))
+    flat = present.ravel()
+    keys = pa.array(np.tile(np.asarray(names, dtype=object), n)[flat], pa.string())
+    maps = []
+    for stat in CHANNEL_STATS:
+        value_type = pa.uint32() if stat == "count" else pa.float64()
+        values = np.column_stack([s[stat] for s in stats]).ravel()[flat] if names else np.zeros(0)
+        maps.append(pa.MapArray.from_arrays(offsets, keys, pa.array(values, value_type)))
+    return maps
 
 
 def _arrow(values: object, arrow_type: pa.DataType) -> pa.Array:

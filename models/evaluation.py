@@ -21,6 +21,10 @@ Definitions (all per machine; times in epoch ms; a window is [window_start, wind
 - **False alarms per machine-day** = false alarms / (score rows with ``warming_up`` false x window
   length / 1 day): the steady-state rate over the time the models were allowed to alert.
 
+The benchmark scorers for labelled real data - the SKAB protocol (point-wise F1, FAR, MAR) and NAB's event
+score - live in `models.benchmark_scores` and are importable from here too (`skab_score`, `nab_score`,
+`point_predictions`, `SkabResult`, `NabResult`).
+
 >>> from datetime import datetime, timezone
 >>> t = lambda ms: datetime.fromtimestamp(ms / 1000, timezone.utc)
 >>> scores = pa.table({"machine_id": ["M1"] * 3, "window_start": [t(0), t(10_000), t(20_000)],
@@ -40,6 +44,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from models.benchmark_scores import (
+    NAB_STANDARD,
+    SKAB_TRAIN_ROWS,
+    NabResult,
+    SkabResult,
+    nab_score,
+    point_predictions,
+    skab_from_predictions,
+    skab_score,
+)
+
+__all__ = [
+    "NAB_STANDARD", "SKAB_TRAIN_ROWS", "Evaluation", "NabResult", "SkabResult", "evaluate", "nab_score",
+    "point_predictions", "skab_from_predictions", "skab_score",
+]
 
 DAY_S = 86_400.0
 

@@ -52,7 +52,7 @@ cold start does not look like overheating.
 
 >>> import pyarrow as pa
 >>> from plantpulse.schema import WINDOW_STATS_ARROW_SCHEMA
->>> row = {f.name: 0 for f in WINDOW_STATS_ARROW_SCHEMA}
+>>> row = {f.name: [] if pa.types.is_map(f.type) else 0 for f in WINDOW_STATS_ARROW_SCHEMA}
 >>> row.update(machine_id="M1", machine_type="pump", status_last="running", secs_running=10.0,
 ...            window_start=0, window_end=10_000, temperature_mean=60.0, pressure_mean=5.0,
 ...            pressure_min=4.9, vibration_mean=2.0, vibration_std=0.1, rpm_mean=2000.0, power_mean=30.0)

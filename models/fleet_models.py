@@ -41,13 +41,14 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from models.channel_features import channel_of
+from models.channel_models import ChannelGroup
 from models.features import (
     CLIMB,
     DIRECTION,
     FEATURE_SENSOR,
     FEATURES,
     MODE_FEATURES,
-    MODES,
     RESIDUAL_FEATURES,
     RESIDUAL_REGRESSORS,
     RISE,
@@ -58,33 +59,17 @@ from models.features import (
     temperature_rise,
 )
 from models.half_space_trees import HalfSpaceTreesFleet
+from models.model_group import N_MODES, ModelGroup, Outputs
 from models.operating_point import OperatingPointRegression
 from models.robust_zscore import RobustZScore
 from models.spec import ModelSpec, ModelSpecs
 from models.spec_changes import adopt_specs, spec_fingerprint
-from models.threshold import AdaptiveThreshold
 from plantpulse.schema import (
     ALERT_ARROW_SCHEMA,
     ANOMALY_SCORE_ARROW_SCHEMA,
 )
 
 TOP_FEATURES = 3
-_N_MODES = len(MODES)
-_NO_ALERT_YET = 10**9
-# Per-machine state of a `_Group` (local machine index first): name -> (initial value, dtype, per mode).
-_PER_MACHINE: dict[str, tuple[float, type, bool]] = {
-    "prev_end": (-1, np.int64, False),
-    "prev_temperature": (np.nan, np.float64, False),
-    "prev_mode": (TRANSITION, np.int64, False),
-    "mode_streak": (0, np.int64, False),
-    "reference": (np.nan, np.float64, True),  # EWMA of the temperature of learned windows, per mode
-    "learned": (0, np.int64, True),
-    "scored": (0, np.int64, False),  # scored windows, all modes (warm-up)
-    "anomalous_run": (0, np.int64, False),
-    "since_alert": (_NO_ALERT_YET, np.int64, False),
-    "episode_alerted": (False, bool, False),  # the current run of over windows has alerted
-    "unlearned_run": (0, np.int64, False),  # consecutive scored windows held back from learning
-}
 
 
 class ScoredWindows(NamedTuple):
@@ -92,43 +77,17 @@ class ScoredWindows(NamedTuple):
     alerts: pa.Table | None  # ALERT_ARROW_SCHEMA, or None when no alert was raised
 
 
-class _Outputs:
-    """Per-row results of one `score` call, filled group by group and round by round."""
-
-    def __init__(self, n: int) -> None:
-        self.score = np.zeros(n)
-        self.threshold = np.full(n, np.nan)
-        self.warming = np.ones(n, dtype=bool)
-        self.anomaly = np.zeros(n, dtype=bool)
-        self.alert = np.zeros(n, dtype=bool)
-        self.contributions = np.zeros((n, len(FEATURES)))
-
-
-class _Group:
-    """Detector, threshold and per-machine state of the machines that share one spec (local indices)."""
-
-    # The per-machine arrays of `_PER_MACHINE`, set (and grown) by name: [machines] or [machines x modes].
-    # Annotations only (no class values), so a pickled group restores exactly as before.
-    prev_end: np.ndarray
-    prev_temperature: np.ndarray
-    prev_mode: np.ndarray
-    mode_streak: np.ndarray
-    reference: np.ndarray
-    learned: np.ndarray
-    scored: np.ndarray
-    anomalous_run: np.ndarray
-    since_alert: np.ndarray
-    episode_alerted: np.ndarray
-    unlearned_run: np.ndarray
+class _Group(ModelGroup):
+    """The machines under one spec with the physics features (`models.features`): detector, operating-point
+    regressions and a reference temperature per mode next to the shared state of `ModelGroup`."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
+        self._init_state(spec)
         self.fingerprint = spec_fingerprint(spec)  # what this group's state was learned under (see adopt_specs)
-        self.ids: list[str] = []
         if spec.detector == "robust_zscore":
             self.detector: RobustZScore | HalfSpaceTreesFleet = RobustZScore(
                 len(FEATURES), alpha=spec.alpha, min_deviation=np.array(spec.min_deviations()), direction=DIRECTION,
-                n_modes=_N_MODES, prior=np.array(spec.priors()), prior_windows=spec.prior_windows,
+                n_modes=N_MODES, prior=np.array(spec.priors()), prior_windows=spec.prior_windows,
                 min_count=spec.feature_min_windows, clip=spec.huber_clip, deviation_alpha=spec.deviation_alpha,
                 weight=np.array(spec.weights()), trend_alpha=spec.trend_alpha,
                 trend_weight=np.array(spec.trend_weights()),
@@ -139,33 +98,17 @@ class _Group:
                 n_trees=spec.hst_n_trees, height=spec.hst_height, window_size=spec.hst_window_size,
                 margin=spec.hst_margin,
             )
-        self.threshold = AdaptiveThreshold(
-            spec.threshold_quantile, spec.threshold_margin, spec.threshold_floor, spec.threshold_rate, _N_MODES
-        )
         self.operating_point = OperatingPointRegression(
-            len(RESIDUAL_FEATURES), RESIDUAL_REGRESSORS, n_modes=_N_MODES, alpha=spec.regression_alpha,
+            len(RESIDUAL_FEATURES), RESIDUAL_REGRESSORS, n_modes=N_MODES, alpha=spec.regression_alpha,
             min_windows=spec.regression_min_windows, ridge=spec.regression_ridge,
         )
         self.excluded = ~np.array(spec.feature_mask())
         self.unsettled = np.array([f not in spec.settle_features for f in FEATURES])
-        for name, (fill, dtype, per_mode) in _PER_MACHINE.items():
-            setattr(self, name, np.full((0, _N_MODES) if per_mode else 0, fill, dtype=dtype))
 
-    def add(self, machine_id: str) -> int:
-        local = len(self.ids)
-        self.ids.append(machine_id)
-        if local >= len(self.prev_end):
-            size = max(16, 2 * len(self.prev_end))
-            extra = size - len(self.prev_end)
-            for name, (fill, dtype, per_mode) in _PER_MACHINE.items():
-                new_rows: np.ndarray = np.full((extra, _N_MODES) if per_mode else extra, fill, dtype=dtype)
-                setattr(self, name, np.concatenate((getattr(self, name), new_rows)))
-            self.threshold.grow(size)
-            self.operating_point.grow(size)
-        self.detector.grow(len(self.ids), self.ids)
-        return local
+    def _grow_more(self, size: int) -> None:
+        self.operating_point.grow(size)
 
-    def step(self, m: np.ndarray, c: WindowColumns, rows: np.ndarray, out: _Outputs) -> None:
+    def step(self, m: np.ndarray, c: WindowColumns, rows: np.ndarray, out: Outputs) -> None:
         """Score, judge and learn one window per machine `m` (distinct); results go to `out[rows]`."""
         spec = self.spec
         mode = c.mode
@@ -201,57 +144,17 @@ class _Group:
         settling = streak <= spec.settle_windows
         x[np.ix_(settling, self.unsettled)] = np.nan
         x[settling & (mode != RUNNING)] = np.nan
-        scored = valid
-        restarted = valid & (streak == 1)
-        self.detector.reset_trend(m[restarted], mode[restarted])
-
-        run = np.zeros(len(m), dtype=np.int64)
-        alert = np.zeros(len(m), dtype=bool)
-        since = self.since_alert[m] + 1
-        if scored.any():
-            s = np.flatnonzero(scored)
-            ms, modes, xs = m[s], mode[s], x[s]
-            score, contributions = self.detector.score(ms, modes, xs)
-            self.detector.track(ms, modes, xs)
-            warming = self.scored[ms] < spec.warmup_windows
-            threshold = self.threshold.threshold(ms, modes)
-            # Over the threshold counts during warm-up too (not learned, not an alert): a machine whose
-            # first windows are already faulty must not learn the fault as its baseline.
-            over = score > threshold
-            anomalous = ~warming & over
-            run[s] = np.where(over, self.anomalous_run[ms] + 1, 0)
-            alert[s] = (anomalous & (run[s] >= spec.alert_min_windows) & ~self.episode_alerted[ms]
-                        & (since[s] > spec.alert_cooldown_windows))
-            held = score > spec.alert_learn_below * threshold
-            held_run = np.where(held, self.unlearned_run[ms] + 1, 0)
-            self.unlearned_run[ms] = held_run
-            learn = (~held | (held_run >= spec.alert_relearn_after_windows)) & ~settling[s]
-            self.detector.learn(ms[learn], modes[learn], xs[learn])
-            fit = learn & (modes != STANDSTILL)
-            self.operating_point.learn(ms[fit], modes[fit], raw_residual_features[s][fit], c.operating_point[s][fit])
-            self._learn_reference(ms[learn], modes[learn], c.temperature[s][learn])
-            self.learned[ms[learn], modes[learn]] += 1
-            self.scored[ms] += 1
-            steady = ~over & ~settling[s]
-            self.threshold.update(ms[steady], modes[steady], score[steady])
-            rs = rows[s]
-            out.score[rs], out.contributions[rs] = score, contributions
-            out.threshold[rs] = np.where(warming, np.nan, threshold)
-            out.warming[rs], out.anomaly[rs] = warming, anomalous
-        unscored = np.flatnonzero(~scored)
-        if len(unscored):
-            mu, modes = m[unscored], safe_mode[unscored]
-            warming = self.scored[mu] < spec.warmup_windows
-            out.warming[rows[unscored]] = warming
-            out.threshold[rows[unscored]] = np.where(warming, np.nan, self.threshold.threshold(mu, modes))
-        out.alert[rows] = alert
-        self.anomalous_run[m] = run  # a transition or a settling window ends an anomalous run
-        self.episode_alerted[m] = (run > 0) & (self.episode_alerted[m] | alert)
-        self.since_alert[m] = np.where(alert, 0, since)
-        self.prev_end[m] = c.window_end
+        self._round = (c, raw_residual_features)
+        judged = self.judge(m, mode, x, streak, settling, c.window_end, rows, out)
+        out.contributions[rows[judged.rows_scored]] = judged.contributions
         self.prev_temperature[m] = c.temperature
-        self.prev_mode[m] = mode
-        self.mode_streak[m] = streak
+
+    def _learn_more(self, ms: np.ndarray, modes: np.ndarray, scored_rows: np.ndarray, learn: np.ndarray) -> None:
+        c, raw_residual_features = self._round
+        fit = learn & (modes != STANDSTILL)
+        self.operating_point.learn(ms[fit], modes[fit], raw_residual_features[scored_rows][fit],
+                                   c.operating_point[scored_rows][fit])
+        self._learn_reference(ms[learn], modes[learn], c.temperature[scored_rows][learn])
 
     def _learn_reference(self, m: np.ndarray, modes: np.ndarray, temperature: np.ndarray) -> None:
         known = ~np.isnan(temperature)
@@ -259,6 +162,9 @@ class _Group:
         reference = self.reference[m, modes]
         rate = np.maximum(self.spec.alpha, 1.0 / (self.learned[m, modes] + 1))
         self.reference[m, modes] = np.where(np.isnan(reference), temperature, reference + rate * (temperature - reference))
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_round"}
 
 
 class FleetModels:
@@ -273,13 +179,15 @@ class FleetModels:
 
     def __init__(self, specs: ModelSpecs) -> None:
         self.specs = specs
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, _Group | ChannelGroup] = {}
         self.where: dict[str, tuple[str, int]] = {}  # machine_id -> (spec name, local index)
         self.types: dict[str, str] = {}  # machine_id -> machine type, to place it again under changed specs
 
-    def score(self, window_stats: pa.Table, now_ms: int) -> ScoredWindows:
+    def score(self, window_stats: pa.Table, now_ms: int, faulty: dict[str, np.ndarray] | None = None) -> ScoredWindows:
         """Score `window_stats` rows (WINDOW_STATS_ARROW_SCHEMA); learn from them; raise alerts.
 
+        `faulty` maps a sensor or channel name to one flag per row: that row's reading of it comes from a
+        faulty instrument (`models.sensor_health`), so its features are neither scored nor learned there.
         Returns one score row per input row, in input order, with `scored_at = now_ms`.
         """
         n = window_stats.num_rows
@@ -294,11 +202,21 @@ class FleetModels:
         names = [p[0] for p in placed]
         local = np.fromiter((p[1] for p in placed), dtype=np.int64, count=n)
         columns = WindowColumns.of(window_stats)
-        out = _Outputs(n)
+        faulty = {k: np.asarray(v, dtype=bool) for k, v in (faulty or {}).items() if np.any(v)}
+        if faulty:
+            _blank_physics(columns, faulty)
+        out = Outputs(n, len(FEATURES))
         group_names = np.array(names, dtype=object)
         for name in dict.fromkeys(names):
             rows = np.flatnonzero(group_names == name) if len(self.groups) > 1 else np.arange(n)
             group = self.groups[name]
+            features = None
+            if isinstance(group, ChannelGroup):
+                group_features = group.features_of(window_stats.take(pa.array(rows)) if len(rows) < n else window_stats)
+                if faulty:
+                    _blank_channels(group.features, group_features, {k: v[rows] for k, v in faulty.items()})
+                features = np.full((n, group_features.shape[1]), np.nan)
+                features[rows] = group_features
             # Round r holds each machine's r-th window of this call: within a round every machine appears
             # at most once, so the vectorized updates apply each machine's windows in order.
             order = rows[np.lexsort((columns.window_start[rows], local[rows]))]
@@ -307,14 +225,17 @@ class FleetModels:
             rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
             for r in range(int(rank.max()) + 1):
                 chosen = order[rank == r]
-                group.step(local[chosen], columns.take(chosen), chosen, out)
+                if isinstance(group, ChannelGroup) and features is not None:
+                    group.step(local[chosen], columns.take(chosen), features[chosen], chosen, out)
+                elif isinstance(group, _Group):
+                    group.step(local[chosen], columns.take(chosen), chosen, out)
         return self._outputs(window_stats, ids, names, now_ms, out)
 
     def _register(self, machine_id: str, machine_type: str) -> None:
         spec = self.specs.for_type(machine_type)
         group = self.groups.get(spec.name)
         if group is None:
-            group = self.groups[spec.name] = _Group(spec)
+            group = self.groups[spec.name] = ChannelGroup(spec) if spec.features == "channels" else _Group(spec)
         self.where[machine_id] = (spec.name, group.add(machine_id))
         self.types[machine_id] = machine_type
 
@@ -322,14 +243,15 @@ class FleetModels:
         """Continue under `specs`, the spec file read at this start: see `models.spec_changes.adopt_specs`."""
         return adopt_specs(self, specs)
 
-    def _outputs(self, table: pa.Table, ids: list[str], names: list[str], now_ms: int, out: _Outputs) -> ScoredWindows:
+    def _outputs(self, table: pa.Table, ids: list[str], names: list[str], now_ms: int, out: Outputs) -> ScoredWindows:
         n = len(ids)
         detectors = {name: group.spec.detector for name, group in self.groups.items()}
         top = np.argsort(-out.contributions, axis=1, kind="stable")[:, :TOP_FEATURES]
         top_values = np.take_along_axis(out.contributions, top, axis=1)
-        top_json = [
-            "[" + ", ".join(f'["{FEATURES[f]}", {v:.3g}]' for f, v in zip(fs, vs) if v > 0) + "]"
-            for fs, vs in zip(top.tolist(), top_values.tolist())
+        top_json = [  # physics groups' contributions; other groups wrote their own JSON into out.top
+            given if given is not None
+            else "[" + ", ".join(f'["{FEATURES[f]}", {v:.3g}]' for f, v in zip(fs, vs) if v > 0) + "]"
+            for fs, vs, given in zip(top.tolist(), top_values.tolist(), out.top.tolist())
         ]
         scored_at = pa.array(np.full(n, now_ms, dtype=np.int64)).cast(pa.timestamp("ms", "UTC"))
         scores = pa.table(
@@ -357,6 +279,7 @@ class FleetModels:
         for row, i in zip(scores.take(pa.array(raised)).to_pylist(), raised.tolist()):
             features = json.loads(row["top_features"])
             leading = features[0][0] if features else FEATURES[0]
+            sensor = out.sensor[i] if out.sensor[i] is not None else FEATURE_SENSOR[leading]
             start_ms = int(table["window_start"][i].cast(pa.int64()).as_py())
             end_ms = int(table["window_end"][i].cast(pa.int64()).as_py())
             named = ", ".join(f"{name} {value:.1f}" for name, value in features) or "none"
@@ -368,7 +291,7 @@ class FleetModels:
                     "rule_id": "anomaly",
                     "kind": "anomaly",
                     "severity": "warning",
-                    "sensor": FEATURE_SENSOR[leading],
+                    "sensor": sensor,
                     "window_start": row["window_start"],
                     "window_end": row["window_end"],
                     "value": float(out.score[i]),
@@ -380,3 +303,29 @@ class FleetModels:
                 }
             )
         return ScoredWindows(scores, pa.Table.from_pylist(alerts, schema=ALERT_ARROW_SCHEMA))
+
+
+# Which physics features (columns of FEATURES) each sensor's reading feeds, and the operating-point regressor
+# (column of WindowColumns.operating_point) it gives.
+_SENSOR_FEATURES = {sensor: [i for i, f in enumerate(FEATURES) if FEATURE_SENSOR[f] == sensor]
+                    for sensor in set(FEATURE_SENSOR.values())}
+_SENSOR_REGRESSOR = {"rpm": 0, "power": 1}
+
+
+def _blank_physics(columns: WindowColumns, faulty: dict[str, np.ndarray]) -> None:
+    """Physics features of faulty sensors become NaN for the flagged rows (in place)."""
+    for sensor, rows in faulty.items():
+        for feature in _SENSOR_FEATURES.get(sensor, []):
+            columns.base[rows, feature] = np.nan
+        if sensor in _SENSOR_REGRESSOR:
+            columns.operating_point[rows, _SENSOR_REGRESSOR[sensor]] = np.nan
+        if sensor == "temperature":
+            columns.temperature = np.where(rows, np.nan, columns.temperature)  # may be a read-only Arrow view
+
+
+def _blank_channels(names: list[str], x: np.ndarray, faulty: dict[str, np.ndarray]) -> None:
+    """Generic features of faulty sensors/channels become NaN for the flagged rows (in place)."""
+    for column, name in enumerate(names):
+        rows = faulty.get(channel_of(name))
+        if rows is not None:
+            x[rows, column] = np.nan

@@ -61,10 +61,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.single_stream import SingleStream
+
 MAD_TO_STD = 1.25
 
 
-class RobustZScore:
+class RobustZScore(SingleStream):
     """EWMA level + EW mean absolute deviation per (machine, mode, feature); score = max one-sided robust z."""
 
     name = "robust_zscore"
@@ -143,6 +145,22 @@ class RobustZScore:
             self.count = np.concatenate((self.count, count))
             self.trend = np.concatenate((self.trend, np.zeros(shape)))
 
+    def add_features(self, n_new: int) -> None:
+        """Append `n_new` features (a new channel appeared): two-sided, no prior, floor and weight of the
+        first feature, unlearned for every machine."""
+        if n_new < 1:
+            raise ValueError(f"robust_zscore.add_features: n_new must be >= 1, got {n_new!r}")
+        for name in ("min_deviation", "weight"):
+            values = getattr(self, name)
+            setattr(self, name, np.concatenate((values, np.full(n_new, values[0]))))
+        self.direction = np.concatenate((self.direction, np.zeros(n_new)))
+        self.trend_weight = np.concatenate((self.trend_weight, np.zeros(n_new)))
+        self.prior = np.concatenate((self.prior, np.full(n_new, np.nan)))
+        pad = ((0, 0), (0, 0), (0, n_new))
+        self.level, self.deviation, self.trend = (np.pad(a, pad) for a in (self.level, self.deviation, self.trend))
+        self.count = np.pad(self.count, pad)
+        self.n_features += n_new
+
     def score(self, machines: np.ndarray, modes: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(score per row, contribution per row and feature) for rows `x` [rows x features].
 
@@ -217,25 +235,3 @@ class RobustZScore:
         self.level[machines, modes] = np.where(seen, new_level, level)
         self.deviation[machines, modes] = np.where(seen, new_deviation, deviation)
         self.count[machines, modes] = count + seen
-
-    # -- River's interface, for a single stream (machine 0, mode 0) --------------------------------
-
-    def learn_one(self, x: dict[str, float]) -> None:
-        """Learn one observation (a dict of feature values; None or NaN: missing); it moves the trends on too."""
-        machines, modes, row = self._one(x)
-        self.track(machines, modes, row)
-        self.learn(machines, modes, row)
-
-    def score_one(self, x: dict[str, float]) -> float:
-        """The robust score of one observation (0 until something was learned)."""
-        machines, modes, row = self._one(x)
-        return float(self.score(machines, modes, row)[0][0])
-
-    def _one(self, x: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._names is None:
-            self._names = list(x)
-        if len(x) != self.n_features or set(x) != set(self._names):
-            raise ValueError(f"robust_zscore.learn_one/score_one: expected features {self._names}, got {sorted(x)}")
-        self.grow(1)
-        row = np.array([[np.nan if x[k] is None else float(x[k]) for k in self._names]])
-        return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), row

@@ -2,10 +2,16 @@
 
 The spec file (TOML, `MODELS_FILE`; packaged default `plantpulse/config/models.toml`) has a `[default]`
 table and optional tables per machine type that override some of its keys; a machine type without a
-table uses `[default]`::
+table uses `[default]`. A table may name another one as its `base` (default: `[default]`) and then
+overrides that one's keys: the packaged file keeps the simulator's physics in `[physics]` and its four
+machine types say `base = "physics"`::
 
     [default]
-    detector = "robust_zscore"          # or "half_space_trees"
+    features = "physics"                # or "channels": generic features of any channels
+                                        # (models/channel_features.py), no sensor units anywhere
+    channels = []                       # features = "channels": the channels used (empty: all the machine sends)
+    channel_features = ["mean"]         # ... and which of "mean", "spread", "step" of each
+    detector = "robust_zscore"          # or "half_space_trees" (physics), "multivariate" (channels)
     warmup_windows = 20                 # a machine alerts only after this many scored windows
     feature_min_windows = 5             # a feature scores once its machine x mode baseline learned this many
     prior_windows = 10                  # weight of a feature's prior level (see [default.prior])
@@ -26,6 +32,8 @@ table uses `[default]`::
     cooldown_windows = 6                # one alert per anomalous episode, and none within this many windows
     learn_below = 0.6                   # windows scoring above this fraction of the threshold are not learned
     relearn_after_windows = 90          # ... unless that lasts this long: then it is the new normal
+    learn_in_warmup = false             # true: learn every warm-up window, even one over the threshold (a
+                                        # covariance from a few windows scores its first windows high)
     [default.incident]                  # incidents, not the model (flows/incidents.py)
     resolve_after_windows = 6           # quiet scored windows before an anomaly incident resolves
     critical_ratio = 2.0                # a score of this many times the threshold makes it critical
@@ -51,7 +59,15 @@ table uses `[default]`::
     window_size = 50
     margin = 0.5
     seed = 42
+    [default.multivariate]              # multivariate only (models/multivariate.py)
+    alpha = 0.003                       # forgetting rate of the mean and covariance per window
+    shrinkage = "oas"                   # weight of the identity in the shrunk correlations: "oas" (the
+                                        # Oracle Approximating Shrinkage estimate) or a number in [0, 1]
+    min_count = 5                       # windows a feature needs before it counts
+    smooth = 1.0                        # EWMA rate of the standardised rows (1: no smoothing)
 
+    [pump]
+    base = "physics"                    # another table to start from instead of [default]
     [pump.threshold]
     floor = 9.0
 
@@ -79,9 +95,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from models.channel_features import FEATURE_KINDS
 from models.features import FEATURES
+from plantpulse.schema import CHANNEL_NAME_PATTERN, SENSORS
 
-DETECTORS = ("robust_zscore", "half_space_trees")
+DETECTORS = ("robust_zscore", "half_space_trees", "multivariate")
+FEATURE_SETS = ("physics", "channels")
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,10 @@ class ModelSpec:
     """One machine type's model. Field names are the spec file's dotted keys with `_` for `.`."""
 
     name: str = "default"
+    features: str = "physics"  # "physics": the simulator's sensors (models.features); "channels": any
     detector: str = "robust_zscore"
+    channels: tuple[str, ...] = ()  # features = "channels": the channels used (empty: all the machine sends)
+    channel_features: tuple[str, ...] = ("mean",)  # ... and which of FEATURE_KINDS (channel_features.py)
     warmup_windows: int = 20
     settle_windows: int = 3
     alpha: float = 0.05
@@ -111,6 +133,11 @@ class ModelSpec:
     hst_window_size: int = 50
     hst_margin: float = 0.5
     hst_seed: int = 42
+    multivariate_alpha: float = 0.003  # models.multivariate: forgetting rate of mean and covariance per window
+    multivariate_shrinkage: str = "oas"  # ... weight of the identity in the shrunk correlations: "oas" or 0..1
+    multivariate_min_count: int = 5  # ... windows a feature needs before it counts
+    multivariate_smooth: float = 1.0  # ... EWMA rate of the standardised rows (1: none)
+    alert_learn_in_warmup: bool = False  # learn every warm-up window, even one over the threshold
     feature_min_windows: int = 5
     prior_windows: int = 10
     regression_alpha: float = 0.01
@@ -132,6 +159,24 @@ class ModelSpec:
 
         if self.detector not in DETECTORS:
             raise bad("detector", self.detector, f"expected one of {list(DETECTORS)}")
+        if self.features not in FEATURE_SETS:
+            raise bad("features", self.features, f"expected one of {list(FEATURE_SETS)}")
+        if self.features == "physics" and self.detector == "multivariate":
+            raise bad("detector", self.detector, 'the multivariate detector needs features = "channels"')
+        if self.features == "channels" and self.detector == "half_space_trees":
+            raise bad("detector", self.detector, 'features = "channels" works with robust_zscore or multivariate')
+        if self.multivariate_shrinkage != "oas" and not _is_fraction(self.multivariate_shrinkage):
+            raise bad("multivariate.shrinkage", self.multivariate_shrinkage, 'expected "oas" or a number in [0, 1]')
+        if not 0 < self.multivariate_alpha <= 1 or not 0 < self.multivariate_smooth <= 1:
+            raise bad("multivariate", (self.multivariate_alpha, self.multivariate_smooth), "need alpha and smooth in (0, 1]")
+        if self.multivariate_min_count < 2:
+            raise bad("multivariate.min_count", self.multivariate_min_count, "must be >= 2")
+        unknown_kinds = [k for k in self.channel_features if k not in FEATURE_KINDS]
+        if unknown_kinds or not self.channel_features:
+            raise bad("channel_features", self.channel_features, f"expected a non-empty subset of {list(FEATURE_KINDS)}")
+        bad_channels = [c for c in self.channels if not re.match(CHANNEL_NAME_PATTERN, c) and c not in SENSORS]
+        if bad_channels:
+            raise bad("channels", bad_channels, f"channel names match {CHANNEL_NAME_PATTERN}")
         for key in ("warmup_windows", "alert_min_windows", "alert_cooldown_windows", "alert_relearn_after_windows",
                     "hst_n_trees", "hst_height", "hst_window_size", "feature_min_windows"):
             if getattr(self, key) < 1:
@@ -182,6 +227,12 @@ class ModelSpec:
             if not value >= 0:
                 raise bad(f"trend_weight.{key}", value, "must be >= 0 (0: no trend)")
 
+    def multivariate_options(self) -> dict[str, Any]:
+        """Keyword arguments of `models.multivariate.Multivariate` (the `[<type>.multivariate]` table)."""
+        shrinkage = None if self.multivariate_shrinkage == "oas" else float(self.multivariate_shrinkage)
+        return {"alpha": self.multivariate_alpha, "shrinkage": shrinkage,
+                "min_count": self.multivariate_min_count, "smooth": self.multivariate_smooth}
+
     def min_deviations(self) -> list[float]:
         """Noise floor per feature, in FEATURES order (1e-3 where unset)."""
         return [self.min_deviation.get(f, 1e-3) for f in FEATURES]
@@ -218,12 +269,25 @@ class ModelSpecs:
                 raise ValueError(f"model specs {source}: top-level key {name!r} = {table!r} must be a table")
         self.source = source
         self.tables = tables
-        self.default = _build("default", tables["default"], ModelSpec(), source)
-        self.by_type = {
-            name: _build(name, table, replace(self.default, name=name), source)
-            for name, table in tables.items()
-            if name != "default"
-        }
+        self.default = _build("default", _without_base(tables["default"]), ModelSpec(), source)
+        self.by_type: dict[str, ModelSpec] = {}
+        for name in tables:
+            if name != "default":
+                self.by_type[name] = self._build_with_base(name, [])
+
+    def _build_with_base(self, name: str, chain: list[str]) -> ModelSpec:
+        """A table's spec on top of its `base` table's (default: `[default]`); bases may chain, not loop."""
+        if name in self.by_type:
+            return self.by_type[name]
+        table = self.tables[name]
+        base_name = table.get("base", "default")
+        if not isinstance(base_name, str) or base_name not in self.tables:
+            raise ValueError(f"model specs {self.source}: [{name}] base = {base_name!r}: no such table")
+        if base_name in chain or base_name == name:
+            raise ValueError(f"model specs {self.source}: [{name}] base = {base_name!r}: a loop of bases "
+                             f"({' -> '.join([*chain, name, base_name])})")
+        base = self.default if base_name == "default" else self._build_with_base(base_name, [*chain, name])
+        return _build(name, _without_base(table), replace(base, name=name), self.source)
 
     def for_type(self, machine_type: str) -> ModelSpec:
         """The spec of `machine_type`, or the `[default]` spec when it has no table."""
@@ -253,6 +317,17 @@ class ModelSpecs:
                     raise ValueError(f"model override {key}={value!r}: {parent!r} is not a table")
             target[leaf] = _parse_value(value)
         return ModelSpecs(tables, f"{self.source} + overrides")
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
+
+
+def _without_base(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k != "base"}
 
 
 def load_model_specs(path: str | Path) -> ModelSpecs:
@@ -339,6 +414,8 @@ def _convert(source: str, name: str, key: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise problem
         return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "multivariate.shrinkage":
+        return repr(float(value))  # a number or "oas"
     if not isinstance(value, str):
         raise problem
     return value

@@ -298,21 +298,38 @@ def lake_compact(
         typer.echo(f"nothing to compact for {date}" + (f" hour {hour}" if hour is not None else ""))
 
 
-# Extra arguments are how `--grid a=1,2 b=3,4` gets its items after the first: click gives an option one value.
-@app.command(context_settings={"allow_extra_args": True})
+class Scoring(str, Enum):
+    events = "events"
+    skab = "skab"
+    nab = "nab"
+
+
+@app.command()
 def replay(
-    ctx: typer.Context,
-    source: str = typer.Argument(..., help="Simulator recording (.parquet), CSV/Parquet file, or lake URL/dir."),
+    sources: list[str] = typer.Argument(
+        ..., metavar="SOURCE",
+        help="Simulator recording (.parquet), lake URL/dir, or CSV/Parquet files and directories of them.",
+    ),
     out: Path = typer.Option(Path("replay-report"), "--out", help="Report folder."),
     models: Path | None = typer.Option(None, "--models", help="Model spec file (default: $MODELS_FILE)."),
     grid: list[str] = typer.Option(
         [], "--grid", help="key=v1,v2 [key=v1,v2 ...] (or --grid repeated): every combination is replayed."
     ),
+    scoring: Scoring = typer.Option(
+        Scoring.events, "--scoring",
+        help="events: event-level F1 and false alarms per machine-day; skab: SKAB's point-wise F1/FAR/MAR (the "
+             "first 400 readings of each file train); nab: NAB's standard-profile score (models/benchmark_scores.py).",
+    ),
+    window_seconds: int | None = typer.Option(
+        None, "--window-seconds", min=1, help="Window length in seconds (default: $WINDOW_SECONDS); 3600 for hourly data."
+    ),
 ) -> None:
     """Replay recorded readings through the live flow's windows, rules and anomaly models; score and report.
 
-    CSV/Parquet input columns: machine_id, ts (epoch ms or ISO 8601), temperature, pressure, vibration, rpm,
-    power (any subset), optional status, seq, machine_type and label (empty/normal = healthy, else the fault).
+    CSV/Parquet input columns: ts (or timestamp, datetime, time; epoch ms or ISO 8601), optional machine_id
+    (default: the file's name), temperature, pressure, vibration, rpm, power (any subset), status, seq,
+    machine_type and label (or anomaly: 0/empty/normal = healthy, 1 = anomaly, else the fault's name); every
+    other numeric column is a sensor channel. Separator , ; or tab. SKAB and NAB files replay as they are.
     """
     import time
     from dataclasses import replace
@@ -324,19 +341,26 @@ def replay(
     from flows.pipeline import PipelineConfig
     from flows.replay import replay as run_replay
     from flows.replay_report import write_leaderboard, write_run
-    from models.evaluation import evaluate
+    from models.evaluation import evaluate, nab_score, skab_score
     from models.spec import load_model_specs, parse_grid
+    from plantpulse.schema import RawBatch
 
-    source, grid = _grid_arguments(source, grid, list(ctx.args))
+    sources, grid = _grid_arguments(sources, grid)
     settings = _settings()
+    update: dict[str, object] = {"machines_file": None}
+    if window_seconds is not None:
+        update["window_seconds"] = window_seconds
     try:
-        data = open_input(source, s3_endpoint_url=settings.s3_endpoint_url)
+        data = open_input(sources[0] if len(sources) == 1 else sources, s3_endpoint_url=settings.s3_endpoint_url)
         specs = load_model_specs(models or settings.models_file)
         points = parse_grid(grid)
         variants = [specs.with_overrides(point) for point in points]
-        base = PipelineConfig.from_settings(settings.model_copy(update={"machines_file": None}))
+        base = PipelineConfig.from_settings(settings.model_copy(update=update))
     except ValueError as error:
         _fail(str(error))
+    if scoring is not Scoring.events and (data.points is None or data.labels is None):
+        _fail(f"replay: --scoring {scoring.value} needs labelled CSV/Parquet input (a label or anomaly column, or "
+              "NAB windows beside the file)")
     machine_types = data.machine_types or base.machine_types
     rows = []
     for number, (point, variant) in enumerate(zip(points, variants), start=1):
@@ -347,7 +371,7 @@ def replay(
             task = progress.add_task("replay", total=data.readings)
 
             def advance(item: object, task: TaskID = task) -> None:  # this run's task, bound now (B023)
-                progress.advance(task, len(item.values) if hasattr(item, "values") else item.num_rows)
+                progress.advance(task, len(item.values) if isinstance(item, RawBatch) else getattr(item, "num_rows", 0))
 
             started = time.perf_counter()
             result = run_replay(data.items, config, raw=data.raw, progress=advance)
@@ -355,34 +379,54 @@ def replay(
         evaluation = (
             evaluate(result.scores, data.labels, window_ms=config.windows.window_ms) if data.labels is not None else None
         )
+        benchmark = None
+        try:
+            if scoring is Scoring.skab and data.points is not None:
+                benchmark = skab_score(result.scores, data.points).summary()
+            elif scoring is Scoring.nab and data.points is not None and data.labels is not None:
+                benchmark = nab_score(result.scores, data.points, data.labels).summary()
+        except ValueError as error:
+            _fail(str(error))
         rows.append(write_run(out / f"run-{number:02d}", point, result.scores, result.window_stats, data.labels,
-                              evaluation, data.readings, seconds))
+                              evaluation, data.readings, seconds, scoring=scoring.value, benchmark=benchmark))
         typer.echo(f"run {number}: {point or 'spec as is'}: {data.readings:,} readings in {seconds:.1f} s "
                    f"({data.readings / seconds:,.0f}/s), {rows[-1]['alerts']} alerts"
                    + (f", mean F1 {rows[-1]['mean_f1']}, {rows[-1]['false_alarms_per_machine_day']} false alarms "
-                      "per machine-day" if evaluation is not None else ""))
+                      "per machine-day" if evaluation is not None and scoring is Scoring.events else "")
+                   + _benchmark_line(benchmark))
     write_leaderboard(out, rows)
     typer.echo(f"report: {out}/leaderboard.md and {out}/run-*/report.md")
 
 
-def _grid_arguments(source: str, grid: list[str], extra: list[str]) -> tuple[str, list[str]]:
-    """SOURCE and the grid items of `replay SOURCE --grid a=1,2 b=3,4` (the items after the first arrive as
-    extra arguments) or of a repeated `--grid`. With `--grid ...` before SOURCE, click took the first extra
-    item for SOURCE: the one argument that is no `key=values` is SOURCE then."""
+def _benchmark_line(benchmark: dict | None) -> str:
+    """The benchmark's numbers for a run's line of output."""
+    if not benchmark:
+        return ""
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    if benchmark["protocol"] == "skab":
+        return (f"; SKAB: F1 {benchmark['f1']}, FAR {pct(benchmark['far'])}, MAR {pct(benchmark['mar'])} "
+                f"(TP {benchmark['tp']}, FP {benchmark['fp']}, FN {benchmark['fn']}, TN {benchmark['tn']}; first "
+                f"{benchmark['train_rows']} readings of each of {benchmark['machines']} files not scored)")
+    return (f"; NAB standard profile: raw score {benchmark['raw_score']}, normalised {benchmark['normalised_score']} "
+            f"(windows detected {benchmark['tp']}, missed {benchmark['fn']}, false positives {benchmark['fp']})")
+
+
+def _grid_arguments(arguments: list[str], grid: list[str]) -> tuple[list[str], list[str]]:
+    """SOURCEs and the grid items of `replay SOURCE... --grid a=1,2 b=3,4` (the items after the first arrive
+    as positional arguments) or of a repeated `--grid`. A positional `key=values` (GRID_ITEM) that is no
+    existing path is a grid item; without `--grid` it is an error."""
     from models.spec import GRID_ITEM
 
-    if not extra:
-        return source, grid
-    if not grid:
-        _fail(f"replay: unexpected argument(s) {' '.join(extra)!r}: grid items key=v1,v2 follow --grid")
-    others = [argument for argument in extra if not GRID_ITEM.match(argument)]
-    if not others:
-        return source, [*grid, *extra]
-    if len(others) == 1 and GRID_ITEM.match(source):
-        items = list(extra)
-        items.remove(others[0])
-        return others[0], [*grid, source, *items]
-    _fail(f"replay: unexpected argument(s) {' '.join(others)!r}: give one SOURCE and grid items key=v1,v2")
+    items = [a for a in arguments if GRID_ITEM.match(a) and not Path(a).exists()]
+    sources = [a for a in arguments if a not in items]
+    if items and not grid:
+        _fail(f"replay: unexpected argument(s) {' '.join(items)!r}: grid items key=v1,v2 follow --grid")
+    if not sources:
+        _fail("replay: give at least one SOURCE")
+    return sources, [*grid, *items]
 
 
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert incidents: list them, acknowledge, comment, resolve.")

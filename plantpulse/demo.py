@@ -68,7 +68,7 @@ EXAMPLE_QUERIES = [
 ]
 # Scored windows before a machine's model may alert, in the demo only (the packaged specs say 20: 200 s).
 # On the demo's fleet with faults after the warm-up, 4 to 8 windows detect the same faults at a similar
-# false-alarm rate (`plantpulse replay --grid default.warmup_windows=4,5,6,8` of a recording at the demo's
+# false-alarm rate (`plantpulse replay --grid physics.warmup_windows=4,5,6,8` of a recording at the demo's
 # 20 readings per machine-second), and 4 leave the faults time to show in a two-minute demo: a threshold
 # incident needs a fault's ramp (>= 20 s) and the rule's 20 s hold after the onset.
 DEMO_WARMUP_WINDOWS = 4

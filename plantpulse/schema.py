@@ -13,6 +13,12 @@ A reading on the `telemetry` topic is one JSON object, keyed by `machine_id`::
 - `temperature` (degC), `pressure` (bar), `vibration` (mm/s RMS), `rpm` (1/min), `power` (kW):
   numbers, or `null` when the sensor dropped out. Must be finite and within `PHYSICAL_LIMITS`.
 - `status` (str): one of `STATUSES`.
+- `channels` (object, optional): further sensors of the machine by name, e.g.
+  `{"accelerometer1rms": 0.21, "volume_flow_raterms": 32.0}`. Names match `CHANNEL_NAME_PATTERN` (lower-case,
+  digits, `_`; not a core sensor's name), at most `MAX_CHANNELS` of them; values are numbers with
+  `|value| <= CHANNEL_LIMIT`, or `null` when that sensor dropped out. A message breaking this is
+  dead-lettered with reason `bad_channels`. The windows keep count, mean, min, max, std and last per
+  channel (`channel_*` map columns) and the generic model spec builds features per channel.
 
 Extra fields are allowed and ignored. This module imports nothing of PlantPulse's.
 """
@@ -28,6 +34,10 @@ SENSORS: tuple[str, ...] = ("temperature", "pressure", "vibration", "rpm", "powe
 STATUSES: tuple[str, ...] = ("running", "idle", "stopped", "maintenance", "fault")
 MACHINE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MAX_SEQ = 2**39
+CHANNEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+MAX_CHANNELS = 32
+CHANNEL_LIMIT = 1e12  # a channel has no known unit: only values no sensor can give are refused
+CHANNEL_STATS: tuple[str, ...] = ("count", "mean", "min", "max", "std", "last")
 
 # Values outside these bounds cannot come from a working sensor on our machine types.
 PHYSICAL_LIMITS: dict[str, tuple[float, float]] = {
@@ -77,6 +87,7 @@ READING_ARROW_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("kafka_partition", pa.int32(), nullable=False),
         pa.field("kafka_offset", pa.int64(), nullable=False),
+        pa.field("channels", pa.map_(pa.string(), pa.float64())),  # extra named sensors (issue 15), last
     ]
 )
 
@@ -115,6 +126,9 @@ WINDOW_STATS_ARROW_SCHEMA = pa.schema(
         pa.field("status_last", pa.string(), nullable=False),
         *(pa.field(f"secs_{status}", pa.float64(), nullable=False) for status in STATUSES),
         _ts_field("emitted_at"),
+        # Extra channels (issue 15, hence last): the same statistics per channel name, as maps.
+        *(pa.field(f"channel_{stat}", pa.map_(pa.string(), pa.uint32() if stat == "count" else pa.float64()))
+          for stat in CHANNEL_STATS),
     ]
 )
 
@@ -283,3 +297,61 @@ def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Arr
     return pa.BinaryArray.from_buffers(
         pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(values))]
     )
+
+
+def channels_array(rows: list[dict[str, float | None] | None]) -> pa.MapArray:
+    """A `channels` column from one dict (or None: no channels) per reading; None values become NaN.
+
+    >>> channels_array([{"flow": 1.5}, None, {"a": None}]).to_pylist()
+    [[('flow', 1.5)], None, [('a', nan)]]
+    """
+    cleaned = [None if row is None else [(k, float("nan") if v is None else float(v)) for k, v in row.items()]
+               for row in rows]
+    return pa.array(cleaned, type=pa.map_(pa.string(), pa.float64()))
+
+
+def channel_columns(column: pa.ChunkedArray | pa.Array) -> dict[str, np.ndarray]:
+    """A `channels` map column as one float array per channel name (NaN where a row lacks that channel).
+
+    >>> {k: v.tolist() for k, v in channel_columns(channels_array([{"b": 1.0}, None, {"a": 2.0, "b": 3.0}])).items()}
+    {'b': [1.0, nan, 3.0], 'a': [nan, nan, 2.0]}
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    n = len(column)
+    offsets = column.offsets.to_numpy()
+    rows = np.repeat(np.arange(n), np.diff(offsets))
+    keys_array, items_array = column.keys, column.items
+    if len(keys_array) != len(rows):  # a sliced array: its children are the unsliced ones
+        keys_array, items_array = keys_array.slice(offsets[0], len(rows)), items_array.slice(offsets[0], len(rows))
+    keys = np.asarray(keys_array.to_numpy(zero_copy_only=False), dtype=object)
+    values = np.asarray(items_array.to_numpy(zero_copy_only=False), dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for name in dict.fromkeys(keys.tolist()):
+        series = out[name] = np.full(n, np.nan)
+        hit = keys == name
+        series[rows[hit]] = values[hit]
+    return out
+
+
+def window_channels(table: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    """Channel -> statistic (`CHANNEL_STATS`) -> one value per row of a window-stats table (NaN where the
+    row's window had no such channel; count 0).
+
+    >>> types = {s: pa.map_(pa.string(), pa.uint32() if s == "count" else pa.float64()) for s in CHANNEL_STATS}
+    >>> stats = {f"channel_{s}": pa.array([[("flow", 2)], None], types[s]) for s in CHANNEL_STATS}
+    >>> out = window_channels(pa.table(stats))
+    >>> out["flow"]["mean"].tolist(), out["flow"]["count"].tolist()
+    ([2.0, nan], [2.0, 0.0])
+    """
+    if "channel_mean" not in table.column_names:
+        return {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    n = table.num_rows
+    for stat in CHANNEL_STATS:
+        for name, values in channel_columns(table[f"channel_{stat}"]).items():
+            out.setdefault(name, {})[stat] = np.nan_to_num(values, nan=0.0) if stat == "count" else values
+    for per_stat in out.values():
+        for stat in CHANNEL_STATS:
+            per_stat.setdefault(stat, np.full(n, 0.0 if stat == "count" else np.nan))
+    return out

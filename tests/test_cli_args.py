@@ -64,10 +64,15 @@ def test_grid_without_items_and_stray_arguments(monkeypatch: pytest.MonkeyPatch)
     runner = CliRunner()
     for args, message in (
         (["run.parquet", "pump.alpha=0.02"], "grid items key=v1,v2 follow --grid"),
-        (["run.parquet", "other.parquet", "--grid", GRID[0]], "unexpected argument(s) 'other.parquet'"),
+        (["--grid", *GRID], "give at least one SOURCE"),  # several SOURCEs are fine (below); none is not
     ):
         result = runner.invoke(app, ["replay", *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_several_sources_with_a_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    floors = [{"default.threshold.floor": "6"}, {"default.threshold.floor": "8"}]
+    assert _parsed(monkeypatch, ["a.csv", "--grid", GRID[0], "dir"]) == (["a.csv", "dir"], floors)
 
 
 def test_readme_grid_syntax_replays_every_point(tmp_path: Path) -> None:

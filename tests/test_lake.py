@@ -20,7 +20,7 @@ from bytewax.testing import TestingSource, run_main
 from connectors.broker import free_port
 from connectors.lake import LakeSink, LakeState, read_lake
 from connectors.retry import Backoff
-from plantpulse.schema import READING_ARROW_SCHEMA, SENSORS
+from plantpulse.schema import READING_ARROW_SCHEMA, SENSORS, channels_array
 from plantpulse.settings import Settings
 
 HOUR_MS = 3_600_000
@@ -38,6 +38,8 @@ def readings(n: int, *, start_ms: int = T0, step_ms: int = 1000, seq0: int = 0, 
         "status": pa.array(["running"] * n),
         "kafka_partition": pa.array(np.full(n, partition, np.int32)),
         "kafka_offset": pa.array(seq0 + idx, pa.int64()),
+        # extra channels on every third reading, as the decoder gives them
+        "channels": channels_array([{"flow": float(i), "acc_1": 0.5} if i % 3 == 0 else None for i in idx]),
         "raw": pa.array([b"{}"] * n, pa.binary()),
     }
     return pa.table(columns)

@@ -30,7 +30,7 @@ def windows(machines: int, count: int, *, seed: int = 0, shift_from: int | None 
             machine = f"M{m:03d}"
             hot = shift_from is not None and machine in shifted and k >= shift_from
             temperature = 60 + m + rng.normal(0, 0.2) + (4.0 * (k - shift_from + 1) if hot else 0.0)
-            row = {f.name: 0 for f in WINDOW_STATS_ARROW_SCHEMA}
+            row = {f.name: [] if pa.types.is_map(f.type) else 0 for f in WINDOW_STATS_ARROW_SCHEMA}
             row.update(machine_id=machine, machine_type="pump", window_start=T0 + k * W, window_end=T0 + (k + 1) * W,
                        readings=10, first_ts=T0 + k * W, last_ts=T0 + k * W + 9000, status_last="running",
                        secs_running=10.0, temperature_mean=temperature, pressure_mean=5 + rng.normal(0, 0.02),

@@ -46,7 +46,7 @@ def synthetic(machines: int, count: int, *, seed: int = 0, drift: dict[str, str]
             if stop is not None and stop[0] == machine and k >= stop[2]:  # warming up again after the stop
                 temperature -= 0.3 * (stop[2] - stop[1]) * np.exp(-(k - stop[2]) / 30)
             vibration = (2 + rng.normal(0, 0.02)) * (1.5 ** min(k - onset + 1, 4) if worn else 1.0)
-            row = {f.name: 0 for f in WINDOW_STATS_ARROW_SCHEMA}
+            row = {f.name: [] if pa.types.is_map(f.type) else 0 for f in WINDOW_STATS_ARROW_SCHEMA}
             row.update(
                 machine_id=machine, machine_type="pump", window_start=T0 + k * W, window_end=T0 + (k + 1) * W,
                 readings=10, first_ts=T0 + k * W, last_ts=T0 + k * W + 9000, status_last="running",
@@ -160,7 +160,7 @@ def test_pickle_mid_stream_continues_exactly(simulated: pa.Table) -> None:
 
 
 def test_half_space_trees_spec_is_deterministic_and_order_free(simulated: pa.Table) -> None:
-    hst = specs(**{"default.detector": "half_space_trees", "default.threshold.floor": "0.8"})
+    hst = specs(**{"physics.detector": "half_space_trees", "physics.threshold.floor": "0.8"})
     subset = simulated.filter(pc.is_in(simulated["machine_id"], pa.array(["M00001", "M00002", "M00003"])))
     a, _ = run(FleetModels(hst), subset, batch=50)
     b, _ = run(FleetModels(hst), subset.filter(pc.equal(subset["machine_id"], "M00002")), batch=7)

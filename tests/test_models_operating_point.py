@@ -128,7 +128,7 @@ def test_feature_weight_scales_its_contribution_only() -> None:
 
 
 def window_row(first_ts_offset_ms: int, secs: dict[str, float], start: int = 0) -> dict:
-    row = {f.name: 0 for f in WINDOW_STATS_ARROW_SCHEMA}
+    row = {f.name: [] if pa.types.is_map(f.type) else 0 for f in WINDOW_STATS_ARROW_SCHEMA}
     row.update(machine_id="M1", machine_type="pump", status_last="running", window_start=start,
                window_end=start + 10_000, first_ts=start + first_ts_offset_ms, last_ts=start + 9_900,
                temperature_mean=60.0, pressure_mean=5.0, pressure_min=4.9, vibration_mean=2.0, rpm_mean=2000.0,

@@ -15,7 +15,25 @@ def test_packaged_file_loads_with_default_and_fallback() -> None:
     specs = load_model_specs(PACKAGED_MODELS_FILE)
     assert specs.names()[0] == "default"
     assert specs.for_type("no-such-type") is specs.default
-    assert specs.default.detector == "robust_zscore"
+    assert (specs.default.features, specs.default.detector) == ("channels", "multivariate")
+    # The simulator's types share the physics table, whatever [default] says.
+    for machine_type in ("pump", "compressor", "cnc", "conveyor"):
+        spec = specs.for_type(machine_type)
+        assert (spec.features, spec.detector) == ("physics", "robust_zscore")
+        assert spec.min_deviation == specs.for_type("physics").min_deviation != {}
+
+
+def test_a_table_starts_from_its_base_and_bases_may_not_loop() -> None:
+    specs = ModelSpecs({"default": {"warmup_windows": 9}, "physics": {"alpha": 0.2, "threshold": {"floor": 5.0}},
+                        "pump": {"base": "physics", "threshold": {"floor": 6.0}}, "cnc": {}})
+    pump, cnc = specs.for_type("pump"), specs.for_type("cnc")
+    assert (pump.warmup_windows, pump.alpha, pump.threshold_floor) == (9, 0.2, 6.0)
+    assert (cnc.alpha, cnc.threshold_floor) == (specs.default.alpha, specs.default.threshold_floor)
+    assert specs.with_overrides({"physics.alpha": "0.3"}).for_type("pump").alpha == 0.3
+    with pytest.raises(ValueError, match="loop of bases"):
+        ModelSpecs({"default": {}, "a": {"base": "b"}, "b": {"base": "a"}})
+    with pytest.raises(ValueError, match="no such table"):
+        ModelSpecs({"default": {}, "a": {"base": "nope"}})
 
 
 def test_type_tables_override_default_keys_only(tmp_path: Path) -> None:

@@ -133,8 +133,10 @@ def test_an_s3_lake_is_replayed_hour_by_hour_in_event_time_order(monkeypatch: py
             stamp = pd.Timestamp(hour * 3_600_000, unit="ms", tz="UTC")
             path = f"{bucket}/raw/dt={stamp:%Y-%m-%d}/hour={stamp:%H}/part-{partition:03d}-0000000000.parquet"
             reverse = part.iloc[::-1]
+            # Files as written before readings carried channels (issue 15): they still replay (channels null).
+            before_channels = READING_ARROW_SCHEMA.remove(READING_ARROW_SCHEMA.get_field_index("channels"))
             table = pa.Table.from_pandas(reverse.assign(ts=pd.to_datetime(reverse["ts"], unit="ms", utc=True)),
-                                         schema=READING_ARROW_SCHEMA, preserve_index=False)
+                                         schema=before_channels, preserve_index=False)
             with fs.open(path, "wb") as handle:
                 pq.write_table(table, handle)
         data = open_input(f"s3://{bucket}/raw", chunk_rows=150, s3_endpoint_url=endpoint)
