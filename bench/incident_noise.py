@@ -52,7 +52,7 @@ from sim import FAULT_KINDS, Simulator, build_fleet
 from sim.faults import DEFAULT_FAULT_RATE
 from sim.simulator import SimulationRun
 
-KINDS = ("threshold", "anomaly")
+KINDS = ("threshold", "anomaly", "sensor")  # sensor: instrument faults (models/sensor_health.py)
 # An incident still belongs to a fault episode that ended up to this long before it was first seen: the
 # models' features lag the signal (rolling statistics) and a window closes after its readings.
 MATCH_AFTER_MS = 60_000

@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -81,14 +82,23 @@ def window_stats(kind: str, seed: int, machines: int, hours: float) -> tuple[pa.
     out = windows.close(0.0, flush_all=True)
     if out.window_stats is not None:
         parts.append(out.window_stats)
-    stats = pa.concat_tables(parts)
-    labels = pa.Table.from_pylist(
+    return cached(pa.concat_tables(parts), labels_of(run), stats_path, labels_path)
+
+
+LABEL_SCHEMA = pa.schema([("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()),
+                          ("end_ts", pa.int64()), ("detail", pa.string())])
+
+
+def labels_of(run: Any) -> pa.Table:
+    """The fault labels of a simulator run as a table (LABEL_SCHEMA)."""
+    return pa.Table.from_pylist(
         [{"machine_id": lb.machine_id, "fault": lb.fault, "start_ts": lb.start_ts, "end_ts": lb.end_ts, "detail": lb.detail}
-         for lb in run.labels()],
-        schema=pa.schema([("machine_id", pa.string()), ("fault", pa.string()), ("start_ts", pa.int64()),
-                          ("end_ts", pa.int64()), ("detail", pa.string())]),
-    )
-    CACHE.mkdir(parents=True, exist_ok=True)
+         for lb in run.labels()], schema=LABEL_SCHEMA)
+
+
+def cached(stats: pa.Table, labels: pa.Table, stats_path: Path, labels_path: Path) -> tuple[pa.Table, pa.Table]:
+    """Write (window stats, labels) to the bench cache and return them."""
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(stats, stats_path)
     pq.write_table(labels, labels_path)
     return stats, labels

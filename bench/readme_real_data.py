@@ -41,6 +41,18 @@ def real_data(results: Results) -> str:
         f"{nab['tp']} of {nab['tp'] + nab['fn']} windows detected, {nab['fp']} false positives | {NAB_TARGET} "
         f"{_mark(nab['raw_score'] >= 1.8)} | `{nab['reproduce']}` |",
     ]
+    inside, outside = nab.get("max_score_in_windows"), nab.get("max_score_outside_windows")
+    if inside and outside is not None:
+        lines += ["", "NAB, where the scores leave no threshold: the highest score inside each labelled window is "
+                  + " and ".join("–" if x is None else dec(x, 1) for x in inside)
+                  + f"; after the probation, healthy stretches outside the windows reach {dec(outside, 1)} (normal-"
+                  "equivalent z). A window whose highest score is below that cannot be caught without more false "
+                  "positives than it earns."]
+    folders = skab.get("by_folder", {})
+    if folders:
+        lines += ["", "SKAB by folder, same run: " + "; ".join(
+            f"`{name}` ({f['files']} files) F1 {dec(f['f1'], 3)}, FAR {_pct(f['far'])}, MAR {_pct(f['mar'])}"
+            for name, f in folders.items()) + "."]
     others = [(name, v) for name, v in s["variants"].items() if name != "packaged"]
     if others:
         lines += ["", "Variants of the packaged spec on the same data, for comparison:", "",

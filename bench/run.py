@@ -14,7 +14,9 @@ incident-latency (`bench/incident_latency.py`: from a threshold condition comple
 and in ClickHouse, through the broker at 50,000 readings/s, recovery on, median of 3 runs),
 dashboard-queries (`bench/dashboard_queries.py`: every Grafana panel and alert-rule query, 5 runs each, over 1 h and
 24 h of a 500-machine hour produced through the broker and the flow into chDB),
-real-data (`bench/real_data.py`: the packaged models on SKAB and NAB from ../shared/datasets, skipped when absent).
+real-data (`bench/real_data.py`: the packaged models on SKAB and NAB from ../shared/datasets, skipped when absent),
+sim-realism (`bench/sim_realism.py`: nuisance faults and transport imperfections on, sensor health, precision at a
+realistic prevalence).
 `--readings N` sets the input of engine, replay and recovery-cost (defaults: 2,000,000 for engine and replay, 8,000,000 for
 recovery-cost, whose 10 s snapshot interval needs a long input; `--recovery-readings` sets it alone).
 
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dashboard_queries, incident_latency, incident_noise, measure, readme, real_data, soak
+from bench import dashboard_queries, incident_latency, incident_noise, measure, readme, real_data, sim_realism, soak
 from bench.results_file import RESULTS, command_line, git_state, load, provenance, utc_now, write
 
 # command-line name -> results key
@@ -53,11 +55,13 @@ SECTION_NAMES = {
     "incident-latency": "incident_latency",
     "dashboard-queries": "dashboard_queries",
     "real-data": "real_data",
+    "sim-realism": "sim_realism",
 }
 SKIP_FLAGS = {"engine": "skip_engine", "recovery-cost": "skip_recovery_cost", "replay": "skip_replay",
               "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e", "soak": "skip_soak",
               "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency",
-              "dashboard-queries": "skip_dashboard_queries", "real-data": "skip_real_data"}
+              "dashboard-queries": "skip_dashboard_queries", "real-data": "skip_real_data",
+              "sim-realism": "skip_sim_realism"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,6 +122,7 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[], dict]]]:
         "incident-latency": ("python -m bench.run --only incident-latency", incident_latency.measure),
         "dashboard-queries": (dashboard_queries.reproduce(), dashboard_queries.measure),
         "real-data": ("python -m bench.run --only real-data", real_data.measure),
+        "sim-realism": ("python -m bench.run --only sim-realism", sim_realism.measure),
     }
 
 

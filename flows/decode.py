@@ -141,17 +141,21 @@ class BatchDecoder:
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
-        channels = _read_channels(batch, candidates, dead)
-        table = self._parse(batch, candidates, dead)
+        joined = b"\n".join(values)  # one copy of the poll: searched for channels, parsed by the batch reader
+        channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
+        table = self._parse(batch, candidates, dead, joined)
         readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
-    def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> pa.Table:
+    def _parse(
+        self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter], joined: bytes | None = None
+    ) -> pa.Table:
         """Parse candidates into a wire-schema table; drops (and dead-letters) unparseable ones in place."""
         if not candidates:
             return WIRE_ARROW_SCHEMA.empty_table()
         values = batch.values
-        table = _read_json_lines(values if len(candidates) == len(values) else [values[i] for i in candidates])
+        every = len(candidates) == len(values)
+        table = _read_json_lines(values if every else [values[i] for i in candidates], joined if every else None)
         if table is not None:
             return table
         keep = []
@@ -237,12 +241,10 @@ DECODED_COLUMNS = (
 
 def _read_channels(batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> dict[int, dict[str, float | None]]:
     """The `channels` objects of the candidates that have one, validated; a bad one dead-letters its message
-    (`bad_channels`, removed from `candidates` in place). A byte search finds them, so a poll without channels
-    costs one scan of its bytes."""
+    (`bad_channels`, removed from `candidates` in place). The caller searches the poll's bytes first, so a
+    poll without channels costs one scan."""
     values = batch.values
     found: dict[int, dict[str, float | None]] = {}
-    if _CHANNELS_KEY not in b"".join(values):  # most polls: one scan in C, no loop over the messages
-        return found
     refused: set[int] = set()
     for i in candidates:
         if _CHANNELS_KEY not in values[i]:
@@ -319,9 +321,11 @@ def _decoded_table(
     return pa.table(columns)
 
 
-def _read_json_lines(values: list[bytes]) -> pa.Table | None:
-    """Parse newline-delimited messages in one call; None when any message spoils the batch."""
-    joined = b"\n".join(values)
+def _read_json_lines(values: list[bytes], joined: bytes | None = None) -> pa.Table | None:
+    """Parse newline-delimited messages in one call (`joined`: them joined by newlines already); None when any
+    message spoils the batch."""
+    if joined is None:
+        joined = b"\n".join(values)
     if joined.count(b"\n") != len(values) - 1 or b"\r" in joined:
         # Raw line breaks are only legal as JSON whitespace (inside strings they must be escaped), so
         # blanking them keeps every document's meaning and restores one line per message.

@@ -1,6 +1,6 @@
 """The Bytewax side of incidents: what feeds an `IncidentBook` per state shard, and operator commands.
 
-The incidents step is keyed by the same shard as the window state and the anomaly models, and fed three
+The incidents step is keyed by the same shard as the window state and the anomaly models, and fed four
 kinds of items per shard:
 
 - `ThresholdEvents` from the window step, in its order: early detections (a rule's condition completed
@@ -8,10 +8,14 @@ kinds of items per shard:
   themselves (quiet windows for threshold incidents) and machines that turned stale;
 - `AnomalyEvents` from the anomaly step, in its order: every scored window (an alert opens an incident, an
   anomalous window extends an open one, any other window is quiet for it);
+- `SensorEvents` from the same step: faulty sensors (`models.sensor_health`) per window and kind; a `sensor`
+  alert opens a `sensor` incident (instrument maintenance, one per machine and rule `sensor_stuck`,
+  `sensor_dropout` or `sensor_spike`), a later faulty window of that kind extends it, and every checked
+  window without one is quiet for it;
 - `Command`s from the `incident-commands` topic (`plantpulse alerts ack/resolve/comment`).
 
-Threshold and anomaly incidents never share a (machine, rule) key and each kind only counts its own
-source's windows, so results do not depend on how the two sources interleave; within a source, detections
+Threshold, anomaly and sensor incidents never share a (machine, rule) key and each kind only counts its own
+source's windows, so results do not depend on how the sources interleave; within a source, detections
 and quiet windows are applied in window order, so they do not depend on batch boundaries either.
 """
 
@@ -68,6 +72,12 @@ class AnomalyEvents(NamedTuple):
     scores: pa.Table  # ANOMALY_SCORE_ARROW_SCHEMA
 
 
+class SensorEvents(NamedTuple):
+    detections: pa.Table | None  # ALERT_ARROW_SCHEMA rows of kind "sensor": one per faulty (window, rule)
+    raised: list[bool]  # per detection: it is an alert (opens an incident); else it only extends one
+    windows: pa.Table  # every checked window (machine_id, window_start): quiet unless it has a detection
+
+
 class Command(msgspec.Struct, frozen=True):
     action: str
     incident_id: str
@@ -109,6 +119,8 @@ class IncidentLogic(StatefulBatchLogic[object, IncidentOutput, bytes]):
                 changes.extend(self._threshold(item, now_ms))
             elif isinstance(item, AnomalyEvents):
                 changes.extend(self._anomaly(item, now_ms))
+            elif isinstance(item, SensorEvents):
+                changes.extend(self._sensor(item, now_ms))
             elif isinstance(item, CommandItem):
                 command = item.command
                 try:
@@ -199,6 +211,27 @@ class IncidentLogic(StatefulBatchLogic[object, IncidentOutput, bytes]):
             f"top features: {row['top_features']}",
             resolve_after=resolve_after, opens=bool(row["alert_raised"]),
         )
+
+
+    # -- sensor health ---------------------------------------------------------------------------
+    def _sensor(self, events: SensorEvents, now_ms: int) -> Changes:
+        detections = []
+        if events.detections is not None:
+            for row, opens in zip(_rows_ms(events.detections), events.raised):
+                detections.append(Detection(
+                    machine_id=row["machine_id"], machine_type=row["machine_type"], rule_id=row["rule_id"],
+                    kind="sensor", severity=row["severity"], sensor=row["sensor"], window_start=row["window_start"],
+                    event_ts=row["window_end"], value=row["value"], threshold=row["threshold"], message=row["message"],
+                    resolve_after=self.config.resolve_after, opens=bool(opens),
+                ))
+        return self._in_window_order(detections, events.windows, "sensor", now_ms)
+
+
+def sensor_events(detections: pa.Table | None, raised: Iterable[bool], scores: pa.Table) -> SensorEvents | None:
+    """What one anomaly-step output means for sensor incidents (None when it checked no window)."""
+    if scores.num_rows == 0:
+        return None
+    return SensorEvents(detections, [bool(r) for r in raised], scores.select(["machine_id", "window_start"]))
 
 
 def _leading_sensor(top_features: str) -> str:

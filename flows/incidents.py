@@ -1,15 +1,16 @@
 """Alert incidents: raw detections become incidents that open once, can be acknowledged, and resolve.
 
-Per (machine, rule) - a threshold rule's id, or `anomaly` for the machine's anomaly model - at most one
-incident is open at a time:
+Per (machine, rule) - a threshold rule's id, `anomaly` for the machine's anomaly model, or `sensor_stuck`,
+`sensor_dropout`, `sensor_spike` for a faulty instrument (kind `sensor`) - at most one incident is open at a
+time:
 
 - the first detection opens it; its id is `<machine>/<rule>/<window start ms of that detection>`, so the
   same detections give the same ids in every run (a resumed flow, a replay, another worker);
 - while it is open, further detections update `last_seen_ts`, `detections` (windows with a detection) and
   the peak value; a more severe detection escalates it (warning -> critical), a milder one never lowers it;
 - it resolves by itself once `resolve_after` windows (of event time) after its latest detection window have
-  closed (threshold) or been scored (anomaly) without a detection - or a detection comes later than that -
-  or when the machine turns stale (silent on the wall clock); an operator may resolve it by hand;
+  closed (threshold), been scored (anomaly) or checked (sensor) without a detection - or a detection comes
+  later than that - or when the machine turns stale (silent on the wall clock); an operator may resolve it by hand;
 - an operator's acknowledgement or comment is recorded; a detection after resolution opens a new incident.
 
 `IncidentBook` is pure state and logic (no Bytewax, no I/O); each call returns the rows to publish: every
@@ -38,12 +39,12 @@ class CommandRejected(ValueError):
 
 @dataclass(frozen=True)
 class Detection:
-    """One raw detection: a threshold rule that held, or an anomalous window."""
+    """One raw detection: a threshold rule that held, an anomalous window, or a faulty sensor in a window."""
 
     machine_id: str
     machine_type: str
     rule_id: str
-    kind: str  # "threshold" | "anomaly"
+    kind: str  # "threshold" | "anomaly" | "sensor" (a faulty instrument)
     severity: str
     sensor: str
     window_start: int  # ms
@@ -148,7 +149,8 @@ class IncidentBook:
         return changes
 
     def window_closed(self, machine_id: str, window_start: int, kind: str, now_ms: int) -> Changes:
-        """A window of `machine_id` closed (threshold) or was scored (anomaly), after its detections if any.
+        """A window of `machine_id` closed (threshold), was scored (anomaly) or checked (sensor), after its
+        detections if any.
 
         Quiet is counted in windows of event time after the incident's last detection window, not in calls,
         so the outcome does not depend on how windows were batched (callers pass them in window order)."""

@@ -1,7 +1,8 @@
 """The telemetry processing steps as composites: raw polls in, sink-ready streams out.
 
 `process_telemetry` (decode + `analyse_readings`) is shared by the live flow (`flows.telemetry`), the
-benchmark and the tests; `analyse_readings` (shard -> window -> rules -> anomaly models) is also what the
+benchmark and the tests; `analyse_readings` (shard -> window -> rules -> sensor health and anomaly models) is
+also what the
 replay flow (`flows.replay`) runs on recorded readings, so live and replay run exactly the same logic.
 """
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 from bytewax.dataflow import Stream, operator
 
 from flows import metrics, reading_issues
-from flows.anomaly_logic import AnomalyLogic
+from flows.anomaly_logic import AnalysedWindows, AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
 from flows.fleet import load_machine_sites, load_machine_types
 from flows.incident_logic import (
@@ -27,12 +28,13 @@ from flows.incident_logic import (
     IncidentLogic,
     IncidentOutput,
     decode_commands,
+    sensor_events,
     threshold_events,
 )
 from flows.rules import ThresholdRule, load_rules
 from flows.window_logic import ShardSplitter, ShardWindowLogic, restore_windows
 from flows.window_state import ShardWindows, WindowConfig, WindowOutput
-from models.fleet_models import FleetModels, ScoredWindows
+from models.fleet_models import FleetModels
 from models.spec import ModelSpecs, load_model_specs
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
@@ -90,7 +92,7 @@ class PipelineStreams:
     dead_letters: Stream[DeadLetter]
     dead_letter_batches: Stream[list[DeadLetter]]  # the same dead letters, as the lists they arise in
     window_stats: Stream[pa.Table]
-    alerts: Stream[pa.Table]  # threshold and anomaly alerts
+    alerts: Stream[pa.Table]  # threshold, anomaly and sensor alerts
     machine_state: Stream[pa.Table]
     anomaly_scores: Stream[pa.Table]
     incident_states: Stream[pa.Table]  # every new version of an incident (the `incidents` table)
@@ -215,9 +217,13 @@ def analyse_readings(
                 "anomaly_events", keyed_scored, lambda s: AnomalyEvents(s.scores) if s.scores.num_rows else None
             )
         )
+        incident_inputs.append(op.filter_map_value(
+            "sensor_events", keyed_scored, lambda s: sensor_events(s.sensor.detections, s.sensor.raised, s.scores)
+        ))
         scored = op.key_rm("scored", keyed_scored)
         anomaly_scores = op.filter_map("anomaly_scores", scored, lambda s: s.scores if s.scores.num_rows else None)
-        alerts = op.merge("all_alerts", threshold_alerts, op.filter_map("anomaly_alerts", scored, _anomaly_alerts))
+        alerts = op.merge("all_alerts", threshold_alerts, op.filter_map("anomaly_alerts", scored, _anomaly_alerts),
+                          op.filter_map("sensor_alerts", scored, _sensor_alerts))
     incident_config = config.incident_config()
 
     def build_incidents(snapshot: bytes | None) -> IncidentLogic:
@@ -247,11 +253,18 @@ def _count_transitions(output: IncidentOutput) -> pa.Table | None:
     return output.transitions
 
 
-def _anomaly_alerts(scored: ScoredWindows) -> pa.Table | None:
-    if scored.alerts is None:
+def _anomaly_alerts(analysed: AnalysedWindows) -> pa.Table | None:
+    if analysed.alerts is None:
         return None
-    metrics.ALERTS_RAISED.labels("warning").inc(scored.alerts.num_rows)
-    return scored.alerts
+    metrics.ALERTS_RAISED.labels("warning").inc(analysed.alerts.num_rows)
+    return analysed.alerts
+
+
+def _sensor_alerts(analysed: AnalysedWindows) -> pa.Table | None:
+    alerts = analysed.sensor.alerts
+    if alerts is not None:
+        metrics.ALERTS_RAISED.labels("warning").inc(alerts.num_rows)
+    return alerts
 
 
 def _count(output: WindowOutput) -> WindowOutput:

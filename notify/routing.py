@@ -39,7 +39,7 @@ from plantpulse.schema import INCIDENT_TRANSITIONS
 CHANNEL_TYPES = ("webhook", "slack", "email", "log")
 MATCH_FIELDS = ("severity", "machine_type", "site", "rule_id", "kind")
 SEVERITIES = ("info", "warning", "critical")
-KINDS = ("threshold", "anomaly")
+KINDS = ("threshold", "anomaly", "sensor")
 DEFAULT_TRANSITIONS = ("opened", "escalated")
 _KNOWN_VALUES = {"severity": SEVERITIES, "kind": KINDS}
 _CHANNEL_KEYS = {

@@ -139,9 +139,9 @@ ALERT_ARROW_SCHEMA = pa.schema(
         pa.field("machine_id", pa.string(), nullable=False),
         pa.field("machine_type", pa.string(), nullable=False),
         pa.field("rule_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly"
+        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly" | "sensor" (a faulty instrument)
         pa.field("severity", pa.string(), nullable=False),  # "info" | "warning" | "critical"
-        pa.field("sensor", pa.string(), nullable=False),
+        pa.field("sensor", pa.string(), nullable=False),  # for "sensor" alerts: the faulty sensors, comma-joined
         _ts_field("window_start"),
         _ts_field("window_end"),
         pa.field("value", pa.float64(), nullable=False),
@@ -171,8 +171,9 @@ INCIDENT_ARROW_SCHEMA = pa.schema(
         pa.field("machine_id", pa.string(), nullable=False),
         pa.field("machine_type", pa.string(), nullable=False),
         pa.field("site", pa.string(), nullable=False),  # from MACHINES_FILE; "" when unknown
-        pa.field("rule_id", pa.string(), nullable=False),  # the threshold rule's id, or "anomaly" (the machine's model)
-        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly"
+        # the threshold rule's id, "anomaly" (the machine's model) or sensor_stuck|sensor_dropout|sensor_spike
+        pa.field("rule_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "threshold" | "anomaly" | "sensor"
         pa.field("severity", pa.string(), nullable=False),  # highest so far: "info" | "warning" | "critical"
         pa.field("sensor", pa.string(), nullable=False),
         _ts_field("opened_window_start"),  # event time: the window of the first detection

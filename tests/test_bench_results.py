@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
 # The parts of the README whose figures must come from bench/results: (first line, the line that ends it).
-OWNED = (("### Model quality, measured", "**Tests.**"), ("## Measured performance", "## What does not run here"))
+OWNED = (("### Real data: SKAB and NAB", "### Model quality, measured"), ("### Model quality, measured", "**Tests.**"),
+         ("## Measured performance", "## What does not run here"))
 # Figures allowed outside the generated blocks: design constants, not measurements. Each names where it is
 # defined; `expected` (when given) is checked against the results the README quotes.
 ALLOWED = {
@@ -153,7 +154,8 @@ def test_one_section_runs_on_its_own_and_names_its_command() -> None:
         "python -m bench.run --only recovery-cost --recovery-readings 200000 --machines 10000 --runs 3")
     assert selected(parse_args(["--skip-e2e", "--skip-tuning"])) == ["engine", "recovery-cost", "replay",
                                                                      "model-quality", "soak", "incident-noise",
-                                                                     "incident-latency", "dashboard-queries"]
+                                                                     "incident-latency", "dashboard-queries",
+                                                                     "real-data", "sim-realism"]
     assert selected(parse_args(["--only", "incident_noise"])) == ["incident-noise"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "engine", "--skip-e2e"])

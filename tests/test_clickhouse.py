@@ -116,6 +116,9 @@ def window_row(machine_id: str, start: datetime, n: int = 10, base: float = 50.0
         }
     for status in STATUSES:
         row[f"secs_{status}"] = 10.0 if status == "running" else 0.0
+    flow = base + start.second / 3  # an extra channel (maps keyed by channel name) on every window
+    row |= {"channel_count": [("flow", n)], "channel_mean": [("flow", flow)], "channel_min": [("flow", flow - 1.0)],
+            "channel_max": [("flow", flow + 1.0)], "channel_std": [("flow", 0.25)], "channel_last": [("flow", flow)]}
     row |= overrides
     return row
 
@@ -200,7 +203,7 @@ def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Setting
     packaged = [m.version for m in load_migrations()]
     # 001_init, 002_hourly_rollup, 003_anomaly_scores, 004_machine_seq_resets, 005_incidents, 006_data_quality,
     # 007_anomaly_hourly
-    assert packaged == [1, 2, 3, 4, 5, 6, 7]
+    assert packaged == [1, 2, 3, 4, 5, 6, 7, 8]
     assert apply_schema(engine, database) == packaged
     assert apply_schema(engine, database) == []
     versions = engine.query(f"SELECT version FROM `{database}`.schema_migrations FINAL ORDER BY version").result_rows
@@ -216,6 +219,8 @@ def test_schema_applies_once_and_is_idempotent(engine: Client, settings: Setting
 
 
 def _clickhouse_type(field: pa.Field) -> str:
+    if pa.types.is_map(field.type):  # extra channels: keyed by channel name
+        return f"Map(LowCardinality(String), {_clickhouse_type(pa.field('v', field.type.item_type, nullable=False))})"
     if pa.types.is_timestamp(field.type):
         return "Nullable(DateTime64(3, 'UTC'))" if field.nullable else "DateTime64(3, 'UTC')"
     base = {pa.string(): "String", pa.float64(): "Float64", pa.uint32(): "UInt32", pa.int32(): "Int32", pa.int64(): "Int64",
@@ -227,7 +232,7 @@ def _clickhouse_type(field: pa.Field) -> str:
 def test_table_columns_match_arrow_schema(engine: Client, db: str, table: str) -> None:
     # MATERIALIZED columns (reading_issues.hour) are computed by the table, never sent by the sink.
     described = [row for row in engine.query(f"DESCRIBE TABLE `{db}`.{table}").result_rows if row[2] != "MATERIALIZED"]
-    actual = {name: ch_type.removeprefix("LowCardinality(").removesuffix(")") if "LowCardinality" in ch_type else ch_type
+    actual = {name: ch_type[len("LowCardinality("):-1] if ch_type.startswith("LowCardinality(") else ch_type
               for name, ch_type, *_ in described}
     expected = {field.name: _clickhouse_type(field) for field in TABLE_SCHEMAS[table]}
     assert [name for name, *_ in described] == [*expected, "ingested_at"]

@@ -47,7 +47,8 @@ def test_the_seed_has_incidents_stale_machines_dead_letters_and_rollups(dashboar
     print(f"seed: {seed.produced.messages} messages, flow {seed.flow_seconds:.1f} s")
     _, kinds = run_panel_sql(seed, "SELECT kind, countIf(status != 'resolved') AS open, count() FROM incidents FINAL "
                                    "GROUP BY kind ORDER BY kind")
-    assert [kind for kind, _, _ in kinds] == ["anomaly", "threshold"], kinds
+    # faults "all" includes the instrument faults: sensor incidents may appear beside the machine-fault kinds
+    assert {"anomaly", "threshold"} <= {kind for kind, _, _ in kinds} <= {"anomaly", "sensor", "threshold"}, kinds
     assert sum(open_ for _, open_, _ in kinds) > 0, "some incidents must still be open for the 'now' panels"
     assert scalar(seed, "SELECT count() FROM machines FINAL") == len(seed.machine_ids)
     assert scalar(seed, "SELECT uniqExact(machine_id) FROM window_stats FINAL") == len(seed.machine_ids)

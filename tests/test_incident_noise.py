@@ -9,11 +9,13 @@ from bench.incident_noise import MATCH_AFTER_MS, newest_versions, summarise
 
 T = "threshold"
 A = "anomaly"
+S = "sensor"
 
 
 def _alerts() -> pa.Table:
     rows = ([(T, "overheat_critical")] * 5 + [(T, "pressure_loss_critical")] * 3
-            + [(A, "anomaly")] * 4)  # anomaly alerts: M1 twice, M3 and M5 once (machines do not matter here)
+            + [(A, "anomaly")] * 4  # anomaly alerts: M1 twice, M3 and M5 once (machines do not matter here)
+            + [(S, "sensor_spike")])  # M4's spiking sensor
     return pa.table({"kind": [k for k, _ in rows], "rule_id": [r for _, r in rows]})
 
 
@@ -41,6 +43,8 @@ def _states() -> list[dict]:
         # E: M5 anomaly first seen exactly MATCH_AFTER_MS after its stuck sensor ended: still that episode's
         *_incident("M5", "anomaly", A, 100_000 + MATCH_AFTER_MS, 170_000,
                    [("opened", 1, None), ("updated", 2, None), ("resolved", 2, "quiet")]),
+        # F: M4's spiking sensor, one window: an instrument incident, not a machine fault
+        *_incident("M4", "sensor_spike", S, 500, 500, [("opened", 1, None), ("resolved", 1, "quiet")]),
     ]
     return rows[::-1]  # emission order must not matter
 
@@ -50,19 +54,19 @@ def _labels() -> pa.Table:
         {"machine_id": "M1", "fault": "overheating", "start_ts": 5_000, "end_ts": 70_000},  # A and C
         {"machine_id": "M1", "fault": "overheating", "start_ts": 200_000, "end_ts": 250_000},  # no incident
         {"machine_id": "M2", "fault": "pressure_leak", "start_ts": 90_000, "end_ts": 130_000},  # B
-        {"machine_id": "M4", "fault": "spike", "start_ts": 0, "end_ts": 1_000},  # no incident
+        {"machine_id": "M4", "fault": "spike", "start_ts": 0, "end_ts": 1_000},  # F
         {"machine_id": "M5", "fault": "stuck_sensor", "start_ts": 40_000, "end_ts": 100_000},  # E
     ])
 
 
 EXPECTED = {
-    "raw_alerts": 12,
-    "incidents": 5,
-    "raw_alerts_per_incident": 2.4,
-    # durations 0, 10, 20, 50, 80 s: p90 at rank 3.6 -> 50 + 0.6 * 30
-    "incident_duration_s": {"median": 20.0, "p90": 68.0, "max": 80.0},
-    # detections 1, 2, 3, 5, 9: p90 5 + 0.6 * 4
-    "detections_per_incident": {"median": 3.0, "p90": 7.4, "max": 9.0},
+    "raw_alerts": 13,
+    "incidents": 6,
+    "raw_alerts_per_incident": 2.17,  # 13 / 6
+    # durations 0, 0, 10, 20, 50, 80 s: median (10 + 20) / 2, p90 at rank 4.5 -> 50 + 0.5 * 30
+    "incident_duration_s": {"median": 15.0, "p90": 65.0, "max": 80.0},
+    # detections 1, 1, 2, 3, 5, 9: median (2 + 3) / 2, p90 5 + 0.5 * 4
+    "detections_per_incident": {"median": 2.5, "p90": 7.0, "max": 9.0},
     "by_kind": {
         T: {"raw_alerts": 8, "incidents": 2, "raw_alerts_per_incident": 4.0, "resolved": {"quiet": 1},
             "open_at_end": 1, "escalated": 0,
@@ -76,22 +80,25 @@ EXPECTED = {
             "duration_s": {"median": 10.0, "p90": 66.0, "max": 80.0},  # 0, 10, 80 s: rank 1.8 -> 10 + 0.8 * 70
             "detections": {"median": 2.0, "p90": 7.6, "max": 9.0},  # 1, 2, 9: 2 + 0.8 * 7
             "detections_total": 12, "anomalous_windows": 12, "anomalous_windows_per_incident": 4.0},
+        S: {"raw_alerts": 1, "incidents": 1, "raw_alerts_per_incident": 1.0, "resolved": {"quiet": 1},
+            "open_at_end": 0, "escalated": 0, "duration_s": {"median": 0.0, "p90": 0.0, "max": 0.0},
+            "detections": {"median": 1.0, "p90": 1.0, "max": 1.0}, "detections_total": 1},
     },
     "faults": {
         "match_after_ms": MATCH_AFTER_MS,
         "episodes": 5,
         "machines_with_faults": 4,
         "by_fault": {
-            "overheating": {"episodes": 2, "with_incident": 1, "incidents": {T: 1, A: 1},
+            "overheating": {"episodes": 2, "with_incident": 1, "incidents": {T: 1, A: 1, S: 0},
                             "incidents_per_episode_with_one": 2.0},
-            "pressure_leak": {"episodes": 1, "with_incident": 1, "incidents": {T: 1, A: 0},
+            "pressure_leak": {"episodes": 1, "with_incident": 1, "incidents": {T: 1, A: 0, S: 0},
                               "incidents_per_episode_with_one": 1.0},
-            "stuck_sensor": {"episodes": 1, "with_incident": 1, "incidents": {T: 0, A: 1},
+            "stuck_sensor": {"episodes": 1, "with_incident": 1, "incidents": {T: 0, A: 1, S: 0},
                              "incidents_per_episode_with_one": 1.0},
-            "spike": {"episodes": 1, "with_incident": 0, "incidents": {T: 0, A: 0},
-                      "incidents_per_episode_with_one": None},
+            "spike": {"episodes": 1, "with_incident": 1, "incidents": {T: 0, A: 0, S: 1},
+                      "incidents_per_episode_with_one": 1.0},
         },
-        "without_fault": {T: 0, A: 1},
+        "without_fault": {T: 0, A: 1, S: 0},
     },
 }
 
@@ -112,10 +119,10 @@ def test_newest_version_per_incident() -> None:
     newest = newest_versions(pa.Table.from_pylist(_states()))
     assert sorted(zip(newest["incident_id"].to_pylist(), newest["version"].to_pylist())) == [
         ("M1/anomaly/20000", 4), ("M1/overheat_critical/10000", 6), ("M2/pressure_loss_critical/100000", 3),
-        ("M3/anomaly/500000", 2), ("M5/anomaly/160000", 3)]
+        ("M3/anomaly/500000", 2), ("M4/sensor_spike/500", 2), ("M5/anomaly/160000", 3)]
 
 
 def test_an_incident_opened_before_the_run_is_refused() -> None:
     states = [row for row in _states() if not (row["incident_id"].startswith("M3/") and row["transition"] == "opened")]
-    with pytest.raises(ValueError, match="5 incidents but 4 'opened'"):
+    with pytest.raises(ValueError, match="6 incidents but 5 'opened'"):
         summarise(_alerts(), pa.Table.from_pylist(states), _labels(), anomalous_windows=12)
