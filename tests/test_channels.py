@@ -157,8 +157,9 @@ def rig_windows(readings_per_window: int, window_s: int, windows: int, fault_fro
                               np.array(["never-tuned"], dtype=object), window_s * 1000, 0)
 
 
-@pytest.mark.parametrize(("readings_per_window", "window_s"), [(10, 10), (1, 3600)], ids=["1Hz-10s", "hourly-1h"])
-def test_the_packaged_default_spec_has_no_units_and_works_at_1_hz_and_at_1_per_hour(
+@pytest.mark.parametrize(("readings_per_window", "window_s"), [(100, 1), (10, 10), (1, 3600)],
+                         ids=["100Hz-1s", "1Hz-10s", "hourly-1h"])
+def test_the_packaged_default_spec_has_no_units_and_works_from_100_hz_to_1_per_hour(
     readings_per_window: int, window_s: int
 ) -> None:
     """The packaged [default] spec (no absolute floor anywhere) on a machine type nobody tuned: the same
