@@ -201,3 +201,16 @@ def test_faulty_sensor_features_are_neither_scored_nor_learned() -> None:
     tops = [json.loads(t) for t in scores["top_features"].to_pylist()[180:]]
     assert all(name.split(":")[0] != "flow" for top in tops for name, _ in top)
     assert not any(scores["is_anomaly"].to_pylist()[180:]), "the fault is only on the faulty flow meter"
+
+
+def test_a_spec_names_the_channels_it_uses() -> None:
+    stats = rig_windows(10, 10, windows=240, fault_from=180, scale=1.0, offset=0.0)
+    only_current = ModelSpecs({"default": {"features": "channels", "detector": "multivariate", "channels": ["current"],
+                                           "alert": {"learn_in_warmup": True}}})
+    models = FleetModels(only_current)
+    scores = models.score(stats, now_ms=0).scores
+    assert models.groups["default"].features == ["current"]
+    assert {name for top in scores["top_features"].to_pylist() for name, _ in json.loads(top)} <= {"current"}
+    assert not any(scores["is_anomaly"].to_pylist()[180:]), "the fault is in the flow, which this spec leaves out"
+    with pytest.raises(ValueError, match="channel names match"):
+        ModelSpecs({"default": {"features": "channels", "channels": ["Flow Rate"]}})
