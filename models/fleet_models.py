@@ -246,13 +246,7 @@ class FleetModels:
     def _outputs(self, table: pa.Table, ids: list[str], names: list[str], now_ms: int, out: Outputs) -> ScoredWindows:
         n = len(ids)
         detectors = {name: group.spec.detector for name, group in self.groups.items()}
-        top = np.argsort(-out.contributions, axis=1, kind="stable")[:, :TOP_FEATURES]
-        top_values = np.take_along_axis(out.contributions, top, axis=1)
-        top_json = [  # physics groups' contributions; other groups wrote their own JSON into out.top
-            given if given is not None
-            else "[" + ", ".join(f'["{FEATURES[f]}", {v:.3g}]' for f, v in zip(fs, vs) if v > 0) + "]"
-            for fs, vs, given in zip(top.tolist(), top_values.tolist(), out.top.tolist())
-        ]
+        top_json = _top_features_json(out.contributions, out.top)
         scored_at = pa.array(np.full(n, now_ms, dtype=np.int64)).cast(pa.timestamp("ms", "UTC"))
         scores = pa.table(
             {
@@ -276,12 +270,13 @@ class FleetModels:
         if not len(raised):
             return ScoredWindows(scores, None)
         alerts = []
-        for row, i in zip(scores.take(pa.array(raised)).to_pylist(), raised.tolist()):
+        taken = pa.array(raised)
+        starts_ms = table["window_start"].take(taken).cast(pa.int64()).to_pylist()
+        ends_ms = table["window_end"].take(taken).cast(pa.int64()).to_pylist()
+        for row, i, start_ms, end_ms in zip(scores.take(taken).to_pylist(), raised.tolist(), starts_ms, ends_ms):
             features = json.loads(row["top_features"])
             leading = features[0][0] if features else FEATURES[0]
             sensor = out.sensor[i] if out.sensor[i] is not None else FEATURE_SENSOR[leading]
-            start_ms = int(table["window_start"][i].cast(pa.int64()).as_py())
-            end_ms = int(table["window_end"][i].cast(pa.int64()).as_py())
             named = ", ".join(f"{name} {value:.1f}" for name, value in features) or "none"
             alerts.append(
                 {
@@ -303,6 +298,66 @@ class FleetModels:
                 }
             )
         return ScoredWindows(scores, pa.Table.from_pylist(alerts, schema=ALERT_ARROW_SCHEMA))
+
+
+def _top_features_json(contributions: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Per row the JSON list of the (up to `TOP_FEATURES`) physics features with a positive contribution,
+    largest first, as ``[["name", 1.23], ...]`` (values formatted ``.3g``); rows whose group wrote its own
+    JSON into `given` (not None) keep it. The rows with as many leading features are formatted in one go.
+
+    >>> c = np.array([[0.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-5], [0.0] * 8, [0.0] * 8])
+    >>> _top_features_json(c, np.array([None, None, '[["x", 1]]'], dtype=object)).tolist()
+    ['[["temperature_rise", 2.5], ["log_power_residual", 1e-05]]', '[]', '[["x", 1]]']
+    """
+    width = contributions.shape[1]
+    result = given.copy()
+    physics = np.flatnonzero(given == None)  # noqa: E711 (elementwise)
+    if not len(physics):
+        return result
+    k = min(TOP_FEATURES, width)
+    top = np.argsort(-contributions[physics], axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(contributions[physics], top, axis=1)
+    positive = values > 0
+    count = positive.sum(axis=1)
+    prefix = (positive == (np.arange(k)[None, :] < count[:, None])).all(axis=1)  # sorted: the positives lead
+    top = np.where(positive, top, 0)
+    code = count.astype(np.int64)
+    for j in range(k):
+        code = code * width + top[:, j]
+    for size in range(k + 1):  # rows with `size` positive leading features: one format per row
+        chosen = np.flatnonzero(prefix & (count == size))
+        if not len(chosen):
+            continue
+        if size == 0:
+            result[physics[chosen]] = "[]"
+            continue
+        # one `%` over the group's templates joined by NUL (no feature name holds one), split after
+        templates = _templates(width, k)[code[chosen]].tolist()
+        formatted = "\x00".join(templates) % tuple(values[chosen, :size].ravel().tolist())
+        result[physics[chosen]] = formatted.split("\x00")
+    odd = np.flatnonzero(~prefix)  # not expected (NaN contributions sort last): the plain per-row formatting
+    if len(odd):
+        result[physics[odd]] = [
+            "[" + ", ".join(f'["{FEATURES[f]}", {v:.3g}]' for f, v in zip(fs, vs) if v > 0) + "]"
+            for fs, vs in zip(top[odd].tolist(), values[odd].tolist())
+        ]
+    return result
+
+
+_TEMPLATES: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _templates(width: int, k: int) -> np.ndarray:
+    """The ``%`` templates of the top-features JSON by code (count, then `k` feature indices, base `width`)."""
+    table = _TEMPLATES.get((width, k))
+    if table is None:
+        table = np.empty((k + 1) * width**k, dtype=object)
+        for code in range(len(table)):
+            digits = [(code // width**j) % width for j in range(k - 1, -1, -1)]
+            leading = digits[: code // width**k]
+            table[code] = "[" + ", ".join('["' + FEATURES[f].replace("%", "%%") + '", %.3g]' for f in leading) + "]"
+        _TEMPLATES[(width, k)] = table
+    return table
 
 
 # Which physics features (columns of FEATURES) each sensor's reading feeds, and the operating-point regressor

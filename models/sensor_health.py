@@ -77,6 +77,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from plantpulse.schema import ALERT_ARROW_SCHEMA, SENSORS, STATUSES, window_channels
 
@@ -115,53 +116,65 @@ class _RunTest:
             new[: old.shape[0], : old.shape[1]] = old
             setattr(self, name, new)
 
-    def step(self, m: np.ndarray, md: np.ndarray, judged: np.ndarray, hit: np.ndarray, cont: np.ndarray,
-             value: np.ndarray, prior_scale: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """One window per machine `m` (rows x sensors masks); returns (flagged, log10 run probability).
+    def step(self, m: np.ndarray, cell: np.ndarray, judged: np.ndarray, hit: np.ndarray, cont: np.ndarray,
+             value: np.ndarray, prior_scale: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One window per machine `m` (rows x sensors masks; `cell`: the flat (machine, sensor, mode) index of
+        each, see `SensorHealth._step`); returns (flagged, log10 run probability, the cells' counts after).
 
         `prior_scale` (0..1) shrinks the prior where a hit is implausible anyway (see `SensorHealth`)."""
         o = self.owner
-        prior = self.prior * prior_scale
-        mm, ss = m[:, None], np.arange(self.run.shape[1])[None, :]
-        counts = self.counts[mm, ss, md]  # (rows, sensors, 8)
-        if self.pooled:  # a mode learned too little borrows the counts of all modes
-            few = counts[..., 0] + counts[..., 2] < o.min_windows
-            if few.any():
-                r, c = np.nonzero(few)
-                counts[r, c] = self.counts[m[r], c].sum(axis=1)
-        den0, num0, den1, num1 = (counts[..., i] for i in range(4))
-        marginal = (num0 + num1 + prior) / (den0 + den1 + 1.0)
-        judgeable = (den0 + den1 >= o.min_windows) & (marginal <= o.p_max)
-        p = np.where(cont, (num1 + marginal) / (den1 + 1.0), (num0 + prior) / (den0 + 1.0))
-        step_logp = np.where(judgeable, np.log(np.minimum(p, 1.0)), 0.0)
-        in_run = self.run[m] > 0
-        logp = np.where(hit, np.where(cont, self.logp[m], 0.0) + step_logp, 0.0)
-        flagged = hit & ((cont & self.flagged[m]) | (logp <= o.log_alpha))
+        if not self.counts.flags.c_contiguous:
+            self.counts = np.ascontiguousarray(self.counts)
+        cells = self.counts.reshape(-1, 8)  # a view: row `cell` is counts[machine, sensor, mode]
+        learn = cells.take(cell, axis=0)  # (rows, sensors, 8)
+        run, was_flagged, was_logp = self.run[m], self.flagged[m], self.logp[m]
+        in_run = run > 0
+        # The run probability matters for the hits only (a non-hit has logp 0 and is never flagged).
+        logp = np.zeros(hit.shape)
+        r, c = np.nonzero(hit)
+        if len(r):
+            counts = learn[r, c]  # (hits, 8)
+            if self.pooled:  # a mode learned too little borrows the counts of all modes
+                few = counts[:, 0] + counts[:, 2] < o.min_windows
+                if few.any():
+                    counts[few] = self.counts[m[r[few]], c[few]].sum(axis=1)
+            prior = self.prior * (prior_scale[r, c] if isinstance(prior_scale, np.ndarray) else prior_scale)
+            hit_cont = cont[r, c]
+            den0, num0, den1, num1 = (counts[:, i] for i in range(4))
+            marginal = (num0 + num1 + prior) / (den0 + den1 + 1.0)
+            judgeable = (den0 + den1 >= o.min_windows) & (marginal <= o.p_max)
+            p = np.where(hit_cont, (num1 + marginal) / (den1 + 1.0), (num0 + prior) / (den0 + 1.0))
+            step_logp = np.where(judgeable, np.log(np.minimum(p, 1.0)), 0.0)
+            logp[r, c] = np.where(hit_cont, was_logp[r, c], 0.0) + step_logp
+        flagged = hit & ((cont & was_flagged) | (logp <= o.log_alpha))
         ended = in_run & judged & ~cont  # a non-hit, or a hit of another value: the old run ends
         if ended.any():  # rare: release an unflagged run's pending counts (of every mode), drop a flagged one's
             r, c = np.nonzero(ended)
             pending = self.counts[m[r], c, :, 4:]
             self.counts[m[r], c, :, :4] += np.where(self.flagged[m[r], c][:, None, None], 0.0, pending)
             self.counts[m[r], c, :, 4:] = 0.0
+            learn = cells.take(cell, axis=0)  # gathered again
         # a non-hit is learned at once: after an unflagged hit (den1) or otherwise (den0)
         miss = judged & ~hit
-        after_hit = miss & in_run & ~self.flagged[m]
-        learn = self.counts[mm, ss, md]
-        decayed = np.where(miss[..., None], learn * self._decays, learn)
+        after_hit = miss & in_run & ~was_flagged
+        decayed = learn  # a fresh copy of the cells (the judgement above no longer needs it)
+        learned = decayed[..., :4]  # the pending counts (4:) are not forgotten
+        np.multiply(learned, self.owner.decay, out=learned, where=miss[..., None])
         decayed[..., 0] += miss & ~after_hit
         decayed[..., 2] += after_hit
         # a hit that is not flagged waits in the pending counts of its mode
         waiting = hit & ~flagged
-        decayed[..., 4] += waiting & ~cont
-        decayed[..., 5] += waiting & ~cont
-        decayed[..., 6] += waiting & cont
-        decayed[..., 7] += waiting & cont
-        self.counts[mm, ss, md] = decayed
-        self.run[mm, ss] = np.where(hit, np.where(cont, self.run[m] + 1, 1), np.where(judged, 0, self.run[m]))
-        self.flagged[mm, ss] = np.where(hit, flagged, np.where(judged, False, self.flagged[m]))
-        self.logp[mm, ss] = np.where(hit, logp, self.logp[m])
-        self.value[mm, ss] = np.where(hit, value, self.value[m])
-        return flagged, -logp / math.log(10)
+        if waiting.any():
+            decayed[..., 4] += waiting & ~cont
+            decayed[..., 5] += waiting & ~cont
+            decayed[..., 6] += waiting & cont
+            decayed[..., 7] += waiting & cont
+        cells[cell] = decayed
+        self.run[m] = np.where(hit, np.where(cont, run + 1, 1), np.where(judged, 0, run))
+        self.flagged[m] = np.where(hit, flagged, np.where(judged, False, was_flagged))
+        self.logp[m] = np.where(hit, logp, was_logp)
+        self.value[m] = np.where(hit, value, self.value[m])
+        return flagged, -logp / math.log(10), decayed
 
 
 class SensorVerdict(NamedTuple):
@@ -239,14 +252,17 @@ class SensorHealth:
         if n == 0:
             return SensorVerdict({}, None, np.zeros(0, dtype=bool))
         stats = self._columns(window_stats)
-        ids = window_stats["machine_id"].to_pylist()
+        column = window_stats["machine_id"]
+        ids = pc.unique(column).to_pylist()  # in order of first appearance
         for machine_id in ids:
             if machine_id not in self.index:
                 self.index[machine_id] = self.machines
                 self.machines += 1
         if self.machines > len(self.prev_end) or len(self.sensors) > self.seen.shape[1]:
             self._allocate(max(len(self.prev_end), 2 ** math.ceil(math.log2(self.machines))), len(self.sensors))
-        machine = np.fromiter((self.index[i] for i in ids), dtype=np.int64, count=n)
+        where = pc.index_in(column, value_set=pa.array(ids, type=column.type))
+        machine = np.fromiter((self.index[i] for i in ids), dtype=np.int64, count=len(ids))[
+            np.asarray(where.to_numpy(zero_copy_only=False), dtype=np.int64)]
         start, end = _ms(window_stats["window_start"]), _ms(window_stats["window_end"])
         secs = np.column_stack([window_stats[f"secs_{s}"].to_numpy() for s in STATUSES])
         total = secs.sum(axis=1)
@@ -256,18 +272,28 @@ class SensorHealth:
         raised = np.zeros_like(flags)
         after = np.zeros((n, len(self.sensors)), dtype=bool)  # the first window after a faulty one
         evidence = np.full((n, len(self.sensors), len(KINDS)), np.nan)
-        # Round r holds each machine's r-th window of this call, so every update applies in window order.
+        # Round r holds each machine's r-th window of this call, so every update applies in window order. The
+        # rows are put in round order once (each round a contiguous slice) and back at the end.
         order = np.lexsort((start, machine))
         first = np.r_[True, machine[order][1:] != machine[order][:-1]]
         rank = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
-        for r in range(int(rank.max()) + 1):
-            rows = order[rank == r]
-            found, ev = self._step(machine[rows], start[rows], end[rows], mode[rows], readings[rows],
-                                   {k: v[rows] for k, v in stats.items()})
-            since = self.since[machine[rows]] + 1
+        perm = order[np.argsort(rank, kind="stable")]
+        bounds = np.r_[0, np.cumsum(np.bincount(rank))].tolist()
+        m_, start_, end_, mode_, readings_ = machine[perm], start[perm], end[perm], mode[perm], readings[perm]
+        stats_ = {k: v[perm] for k, v in stats.items()}
+        # flat index of (machine, sensor, mode) into the [machines, sensors, modes] state arrays
+        cell = (m_[:, None] * self.seen.shape[1] + np.arange(self.seen.shape[1])) * len(MODES) + mode_[:, None]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows, m = slice(lo, hi), m_[lo:hi]
+            found, ev = self._step(m, cell[rows], start_[rows], end_[rows], mode_[rows], readings_[rows],
+                                   {k: v[rows] for k, v in stats_.items()})
+            since = self.since[m] + 1
             flags[rows], raised[rows], evidence[rows] = found, found & (since > self.cooldown_windows), ev
             after[rows] = (since[..., :SPIKE] == 1).any(axis=2) & ~found.any(axis=2)  # after a stuck or null run
-            self.since[machine[rows]] = np.where(found, 0, since)
+            self.since[m] = np.where(found, 0, since)
+        back = np.empty_like(perm)
+        back[perm] = np.arange(n)
+        flags, raised, evidence, after = flags[back], raised[back], evidence[back], after[back]
         return self._verdict(window_stats, stats, mode, flags, raised, evidence, after, now_ms)
 
     def _columns(self, table: pa.Table) -> dict[str, np.ndarray]:
@@ -285,10 +311,11 @@ class SensorHealth:
         out["count"] = np.nan_to_num(out["count"])
         return out
 
-    def _step(self, m: np.ndarray, start: np.ndarray, end: np.ndarray, mode: np.ndarray, readings: np.ndarray,
-              c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """One window per machine `m` (distinct): judge and learn; returns (flags, evidence), (rows, sensors, kinds)."""
-        mm, ss, md = m[:, None], np.arange(len(self.sensors))[None, :], mode[:, None]
+    def _step(self, m: np.ndarray, cell: np.ndarray, start: np.ndarray, end: np.ndarray, mode: np.ndarray,
+              readings: np.ndarray, c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One window per machine `m` (distinct): judge and learn; returns (flags, evidence), (rows, sensors, kinds).
+
+        `cell` (rows, sensors): the flat index of (machine, sensor, the row's mode) into the state arrays."""
         count, lo, hi = c["count"], c["min"], c["max"]
         adjacent = self.prev_end[m] == start
         streak = np.where(adjacent & (mode == self.prev_mode[m]), self.streak[m] + 1, 1)
@@ -296,48 +323,54 @@ class SensorHealth:
         # dropout: null in every reading of a window that has readings, for a sensor reported before
         seen = self.seen[m]
         null = seen & (count == 0)
-        dropout, dropout_evidence = self.dropout.step(
-            m, md, seen & (readings > 0)[:, None], null & (readings > 0)[:, None], null & (self.dropout.run[m] > 0), lo)
+        has_readings = (readings > 0)[:, None]
+        dropout, dropout_evidence, _ = self.dropout.step(
+            m, cell, seen & has_readings, null & has_readings, null & (self.dropout.run[m] > 0), lo)
         # stuck: every reading of the window holds one value, the same over the run
         judged = count >= self.min_readings
         constant = judged & (lo == hi)
         # A sensor whose readings usually spread over many steps of its resolution cannot read one value
         # ten times by chance: the prior shrinks by resolution / learned range.
-        learned, varies = self.range[mm, ss, md], self.ranged[mm, ss, md] >= self.min_windows
+        learned, ranged = np.take(self.range, cell), np.take(self.ranged, cell)
+        varies = ranged >= self.min_windows
+        resolution = self.resolution[m]
         with np.errstate(invalid="ignore", divide="ignore"):
-            fine = np.where(varies & (learned > 0), np.minimum(self.resolution[m] / learned, 1.0), 1.0)
-        stuck, stuck_evidence = self.stuck.step(
-            m, md, judged, constant, constant & (self.stuck.run[m] > 0) & (lo == self.stuck.value[m]), lo, fine)
+            fine = np.where(varies & (learned > 0), np.minimum(resolution / learned, 1.0), 1.0)
+        stuck, stuck_evidence, stuck_counts = self.stuck.step(
+            m, cell, judged, constant, constant & (self.stuck.run[m] > 0) & (lo == self.stuck.value[m]), lo, fine)
         # spike: one reading far beyond the window's others and the learned range of varying windows; in a
         # mode where the sensor (almost) never varies (rpm at standstill; its rare varying windows are
         # run-downs), a single reading off the others, all equal, by several steps of the sensor's resolution
         n = np.maximum(count, 2.0)
         mean, std = c["mean"], np.nan_to_num(c["std"])
-        windows = self.stuck.counts[mm, ss, md][..., [0, 2, 4, 6]].sum(axis=-1)  # judged so far, pending included
-        steady = (windows >= self.min_windows) & (self.ranged[mm, ss, md] <= self.p_max / 2 * windows)
+        windows = stuck_counts[..., [0, 2, 4, 6]].sum(axis=-1)  # judged so far, pending included
+        steady = (windows >= self.min_windows) & (ranged <= self.p_max / 2 * windows)
         judge = (varies | steady) & (settled | (adjacent & (mode != _TRANSITION))[:, None]) & judged & ~stuck
-        prev_last = np.where(adjacent[:, None], self.prev_last[m], np.nan)
+        last = self.prev_last[m]
+        prev_last = np.where(adjacent[:, None], last, np.nan)
         ratio = np.zeros_like(mean)
+        floor = np.where(steady, resolution, learned) * self.spike_range
+        n_less, spread = n - 1, n * std**2
         with np.errstate(invalid="ignore", divide="ignore"):
             for x in (hi, lo):
-                gap = np.abs(x - mean) * n / (n - 1)  # |x - mean of the other readings|
-                others_sd = np.sqrt(np.maximum(n * std**2 - (x - mean) ** 2 * n / (n - 1), 0.0) / (n - 1))
+                off = x - mean
+                gap = np.abs(off) * n / n_less  # |x - mean of the other readings|
+                others_sd = np.sqrt(np.maximum(spread - off**2 * n / n_less, 0.0) / n_less)
                 # the previous window ended near the others' level, not on the way to x (a step, a run-down)
-                before = np.isnan(prev_last) | (np.abs(prev_last - (mean - (x - mean) / (n - 1))) <= gap / 2)
-                floor = np.where(steady, self.resolution[m], learned) * self.spike_range
+                before = np.isnan(prev_last) | (np.abs(prev_last - (mean - off / n_less)) <= gap / 2)
                 scale = np.maximum(others_sd * self.spike_ratio, floor)
                 # "all equal" up to the rounding of the leave-one-out variance
                 hit = judge & before & (gap > scale) & np.where(steady, others_sd <= 1e-4 * gap, varies)
                 ratio = np.where(hit, np.maximum(ratio, np.minimum(gap / np.maximum(scale, 1e-300), 1e9)), ratio)
         spike = ratio > 0
         learn_range = judged & settled & ~spike & ~stuck & (hi > lo)
-        rate = np.maximum(self.range_alpha, 1.0 / (self.ranged[mm, ss, md] + 1))
-        self.range[mm, ss, md] = np.where(learn_range, learned + rate * (hi - lo - learned), learned)
-        self.ranged[mm, ss, md] += learn_range
-        self.resolution[m] = np.where(judged & (hi > lo), np.minimum(self.resolution[m], hi - lo), self.resolution[m])
+        rate = np.maximum(self.range_alpha, 1.0 / (ranged + 1))
+        np.put(self.range, cell, np.where(learn_range, learned + rate * (hi - lo - learned), learned))
+        np.put(self.ranged, cell, ranged + learn_range)
+        self.resolution[m] = np.where(judged & (hi > lo), np.minimum(resolution, hi - lo), resolution)
         reported = count > 0
-        self.seen[m] |= reported
-        self.prev_last[mm, ss] = np.where(reported, c["last"], self.prev_last[m])
+        self.seen[m] = seen | reported
+        self.prev_last[m] = np.where(reported, c["last"], last)
         self.prev_end[m], self.prev_mode[m], self.streak[m] = end, mode, streak
         found = np.stack([stuck, dropout, spike], axis=-1)
         evidence = np.stack([stuck_evidence, dropout_evidence, ratio * self.spike_ratio], axis=-1)
@@ -351,20 +384,21 @@ class SensorHealth:
         rows, kinds = np.nonzero(flags.any(axis=1))
         if not len(rows):
             return SensorVerdict(faulty, None, np.zeros(0, dtype=bool))
-        starts, ends = _ms(table["window_start"]), _ms(table["window_end"])
-        ids, types = table["machine_id"].to_pylist(), table["machine_type"].to_pylist()
+        taken = table.select(["machine_id", "machine_type", "window_start", "window_end"]).take(pa.array(rows))
+        starts, ends = _ms(taken["window_start"]).tolist(), _ms(taken["window_end"]).tolist()
+        ids, types = taken["machine_id"].to_pylist(), taken["machine_type"].to_pylist()
         records, alerted = [], []
-        for i, k in zip(rows.tolist(), kinds.tolist()):
+        for j, (i, k) in enumerate(zip(rows.tolist(), kinds.tolist())):
             hit = np.flatnonzero(flags[i, :, k])
             new = np.flatnonzero(raised[i, :, k])
             named = new if len(new) else hit
             records.append({
-                "alert_id": f"{ids[i]}/{RULE_IDS[KINDS[k]]}/{starts[i]}", "machine_id": ids[i], "machine_type": types[i],
+                "alert_id": f"{ids[j]}/{RULE_IDS[KINDS[k]]}/{starts[j]}", "machine_id": ids[j], "machine_type": types[j],
                 "rule_id": RULE_IDS[KINDS[k]], "kind": "sensor", "severity": "warning",
-                "sensor": ",".join(self.sensors[s] for s in named), "window_start": starts[i], "window_end": ends[i],
+                "sensor": ",".join(self.sensors[s] for s in named), "window_start": starts[j], "window_end": ends[j],
                 "value": float(np.nanmax(evidence[i, hit, k])),
                 "threshold": self.spike_ratio if k == SPIKE else -self.log_alpha / math.log(10),
-                "duration_s": (ends[i] - starts[i]) / 1000.0,
+                "duration_s": (ends[j] - starts[j]) / 1000.0,
                 "message": "; ".join(self._message(k, self.sensors[s], stats, i, int(s), MODES[mode[i]], evidence[i, s, k])
                                      for s in hit),
                 "raised_at": now_ms,
