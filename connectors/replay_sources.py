@@ -24,6 +24,7 @@ import csv
 import itertools
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from connectors.lake_read import QUARANTINE_DIR, lake_files
 from connectors.lake_store import open_lake
 from connectors.replay_tables import labels_and_points, machine_id_from, read_table_file
-from plantpulse.schema import READING_ARROW_SCHEMA, RawBatch
+from plantpulse.schema import READING_ARROW_SCHEMA, BinaryValues, RawBatch
 
 LABELS_COLUMNS = ("machine_id", "fault", "start_ts", "end_ts")
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -58,7 +59,7 @@ class ReplayInput:
 
 
 def open_input(
-    source: str | Sequence[str], *, chunk_rows: int = 50_000, poll_size: int = 10_000,
+    source: str | Sequence[str], *, chunk_rows: int = 50_000, poll_size: int = 50_000,
     s3_endpoint_url: str | None = None,
 ) -> ReplayInput:
     """Recognise `source` (lake URL, recording, CSV/Parquet file or directory of them; or several files and
@@ -159,11 +160,17 @@ class RecordingPolls:
         self.poll_size = poll_size
 
     def __iter__(self) -> Iterator[RawBatch]:
+        batches = pq.ParquetFile(self.path).iter_batches(batch_size=self.poll_size, columns=["key", "raw"])
         offset = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.poll_size, columns=["key", "raw"]):
-            values = batch.column(1).to_pylist()
-            yield RawBatch("replay", -1, list(range(offset, offset + len(values))), values, batch.column(0).to_pylist())
-            offset += len(values)
+        # Read ahead: the next poll is read and decompressed (pyarrow releases the GIL) while the flow works
+        # on this one. Leaving the loop early waits for the one read in flight.
+        with ThreadPoolExecutor(1, thread_name_prefix="recording-read-ahead") as reader:
+            pending = reader.submit(next, batches, None)
+            while (batch := pending.result()) is not None:
+                pending = reader.submit(next, batches, None)
+                values, keys = BinaryValues(batch.column(1)), BinaryValues(batch.column(0))  # no object per message
+                yield RawBatch("replay", -1, list(range(offset, offset + len(values))), values, keys)
+                offset += len(values)
 
 
 def _recording(path: Path, poll_size: int) -> ReplayInput:

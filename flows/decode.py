@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -32,6 +33,7 @@ from plantpulse.schema import (
     SENSORS,
     STATUSES,
     WIRE_ARROW_SCHEMA,
+    BinaryValues,
     RawBatch,
     binary_array,
     channels_array,
@@ -135,13 +137,16 @@ class BatchDecoder:
         """Decode one poll; `now_ms` is the wall clock the timestamp checks compare against."""
         values = batch.values
         dead: list[DeadLetter] = []
+        # `joined`: one copy of the poll, searched for channels and parsed by the batch reader.
         limit = self.limits.max_payload_bytes
-        sizes = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if isinstance(values, BinaryValues):
+            sizes, joined = values.sizes(), values.joined()
+        else:
+            sizes, joined = np.fromiter(map(len, values), dtype=np.int64, count=len(values)), b"\n".join(values)
         oversized = np.flatnonzero(sizes > limit)
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
-        joined = b"\n".join(values)  # one copy of the poll: searched for channels, parsed by the batch reader
         channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
         table = self._parse(batch, candidates, dead, joined)
         readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels)
@@ -314,19 +319,25 @@ def _decoded_table(
         "kafka_partition": pa.array(np.full(len(positions), batch.partition, dtype=np.int32)),
         "kafka_offset": pa.array(offsets),
         "channels": channels_array([channels.get(i) for i in rows]) if channels else pa.nulls(len(rows), _CHANNELS_TYPE),
-        "raw": binary_array(
-            batch.values if len(rows) == len(batch.values) else [batch.values[i] for i in rows], sizes[positions]
-        ),
+        "raw": _raw_column(batch.values, rows, sizes[positions]),
     }
     return pa.table(columns)
 
 
-def _read_json_lines(values: list[bytes], joined: bytes | None = None) -> pa.Table | None:
+def _raw_column(values: list[bytes] | BinaryValues, rows: list[int], sizes: np.ndarray) -> pa.Array:
+    every = len(rows) == len(values)
+    if isinstance(values, BinaryValues):
+        return values.array if every else values.array.take(pa.array(rows, pa.int64()))
+    return binary_array(values if every else [values[i] for i in rows], sizes)
+
+
+def _read_json_lines(values: Sequence[bytes], joined: bytes | None = None) -> pa.Table | None:
     """Parse newline-delimited messages in one call (`joined`: them joined by newlines already); None when any
     message spoils the batch."""
     if joined is None:
         joined = b"\n".join(values)
-    if joined.count(b"\n") != len(values) - 1 or b"\r" in joined:
+    line_breaks = np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == ord("\n"))  # 2x bytes.count
+    if line_breaks != len(values) - 1 or b"\r" in joined:
         # Raw line breaks are only legal as JSON whitespace (inside strings they must be escaped), so
         # blanking them keeps every document's meaning and restores one line per message.
         joined = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)

@@ -171,9 +171,11 @@ class EarlyBreaches:
             new_start = start[ends]
             fired = self.fired[machines, r] & (self.run_start[machines, r] == new_start)
             if complete.any():
-                completed = set(zip(midx[complete].tolist(), run_of[complete].tolist()))
-                fired |= np.fromiter(((m, s) in completed for m, s in zip(machines.tolist(), new_start.tolist())),
-                                     dtype=bool, count=len(machines))
+                # A machine's open run has fired when any completed row of that machine belongs to it (the rows
+                # are grouped by machine, so each row's group is the position of its machine in `ends`).
+                group = np.cumsum(first) - 1
+                hit = complete & (run_of == new_start[group])
+                fired |= np.bincount(group[hit], minlength=len(ends)) > 0
             self.fired[machines, r] = (new_start != NONE) & fired
             self.run_start[machines, r] = new_start
             self.run_lost[machines, r] = lost[ends]

@@ -25,9 +25,13 @@ Extra fields are allowed and ignored. This module imports nothing of PlantPulse'
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import overload
+
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
 SENSORS: tuple[str, ...] = ("temperature", "pressure", "vibration", "rpm", "power")
@@ -270,18 +274,72 @@ READING_ISSUE_ARROW_SCHEMA = pa.schema(
 )
 
 
+class BinaryValues(Sequence[bytes]):
+    """Message bodies held as one Arrow binary array instead of one Python object each.
+
+    A recording read from Parquet has its messages in Arrow already; the decode step joins, measures and stores
+    them from the array's buffers (`joined`, `sizes`, `array`), while indexing still gives `bytes`.
+
+    >>> values = BinaryValues(pa.array([b'{"a": 1}', b"{}"]))
+    >>> len(values), values[1], values.joined(), values.sizes().tolist()
+    (2, b'{}', b'{"a": 1}\\n{}', [8, 2])
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+        if array.type != pa.binary():
+            array = array.cast(pa.binary())
+        self.array: pa.BinaryArray = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return self.array[index].to_pylist()
+        return self.array[index].as_py()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.array.to_pylist())
+
+    def __reduce__(self) -> tuple[type[BinaryValues], tuple[pa.BinaryArray]]:
+        return (BinaryValues, (self.array,))
+
+    def sizes(self) -> np.ndarray:
+        """Each message's length in bytes."""
+        offsets = np.frombuffer(self.array.buffers()[1], dtype=np.int32)[self.array.offset:][: len(self) + 1]
+        return np.diff(offsets).astype(np.int64)
+
+    def joined(self) -> bytes:
+        """The messages joined by newlines, as `b"\\n".join(values)` gives."""
+        if not len(self):
+            return b""
+        one_list = pa.ListArray.from_arrays(pa.array([0, len(self)], pa.int32()), self.array)
+        return pc.binary_join(one_list, b"\n")[0].as_py()
+
+
 class RawBatch(msgspec.Struct, frozen=True):
     """Undecoded messages pulled from one Kafka partition in one poll: the unit the flow decodes at once.
 
     `offsets[i]` is the Kafka offset of `values[i]`; `keys[i]` its message key (or None).
-    Sources that do not read Kafka (benchmarks, replays) use partition -1 and their own row numbers.
+    Sources that do not read Kafka (benchmarks, replays) use partition -1 and their own row numbers;
+    a recording's polls carry `BinaryValues`.
     """
 
     topic: str
     partition: int
     offsets: list[int]
-    values: list[bytes]
-    keys: list[bytes | None] | None = None
+    values: list[bytes] | BinaryValues
+    keys: list[bytes | None] | BinaryValues | None = None
 
 
 def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Array:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.decode import BatchDecoder, ValidationLimits
-from plantpulse.schema import RawBatch
+from plantpulse.schema import BinaryValues, RawBatch
 
 NOW = 1_764_000_000_000
 
@@ -89,3 +90,35 @@ def test_arbitrary_bytes_never_crash_and_nothing_is_lost(garbage: list[bytes]) -
     accounted = sorted(out.readings["kafka_offset"].to_pylist() + [d.offset for d in out.dead_letters])
     assert accounted == list(range(len(messages)))
     assert {0, len(messages) - 1} <= set(out.readings["kafka_offset"].to_pylist())
+
+
+def _as_arrow(batch: RawBatch, pad: int = 0) -> RawBatch:
+    """The same poll with its bodies and keys in Arrow, as a recording's polls carry them (`pad` leading
+    messages are sliced off, so the arrays start at an offset into their buffers)."""
+    values = pa.array([b"pad"] * pad + list(batch.values), pa.binary()).slice(pad)
+    keys = pa.array([b"pad"] * pad + list(batch.keys or []), pa.binary()).slice(pad)
+    return RawBatch(batch.topic, batch.partition, batch.offsets, BinaryValues(values), BinaryValues(keys))
+
+
+def _outcome(batch: RawBatch) -> tuple[list, list]:
+    out = BatchDecoder().decode(batch, now_ms=NOW)
+    letters = [(d.offset, d.reason, d.detail, d.value, d.key) for d in out.dead_letters]
+    return out.readings.to_pylist(), letters
+
+
+def test_arrow_bodies_decode_exactly_as_python_bytes() -> None:
+    messages = [dumps(good(0))] + [bad for bads in BAD.values() for bad in bads]
+    messages += [json.dumps(good(5), indent=2).encode(), b"\r\n" + dumps(good(6)), dumps(good(7, channels={"flow": 2.5}))]
+    batch = RawBatch("t", 1, list(range(50, 50 + len(messages))), messages, [f"k{i}".encode() for i in range(len(messages))])
+    readings, letters = _outcome(batch)
+    assert len(readings) == 4 and len(readings) + len(letters) == len(messages)  # the fixture covers both sides
+    assert _outcome(_as_arrow(batch, pad=3)) == (readings, letters)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=60), st.text(max_size=60).map(str.encode)), max_size=20),
+       st.integers(0, 4))
+def test_arrow_bodies_match_python_bytes_on_arbitrary_input(garbage: list[bytes], pad: int) -> None:
+    messages = [dumps(good(1))] + garbage + [dumps(good(2))]
+    batch = RawBatch("t", 0, list(range(len(messages))), messages, [b"key"] * len(messages))
+    assert _outcome(_as_arrow(batch, pad)) == _outcome(batch)
