@@ -56,12 +56,13 @@ SECTION_NAMES = {
     "dashboard-queries": "dashboard_queries",
     "real-data": "real_data",
     "sim-realism": "sim_realism",
+    "device-auth": "device_auth",
 }
 SKIP_FLAGS = {"engine": "skip_engine", "recovery-cost": "skip_recovery_cost", "replay": "skip_replay",
               "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e", "soak": "skip_soak",
               "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency",
               "dashboard-queries": "skip_dashboard_queries", "real-data": "skip_real_data",
-              "sim-realism": "skip_sim_realism"}
+              "sim-realism": "skip_sim_realism", "device-auth": "skip_device_auth"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,6 +124,8 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[], dict]]]:
         "dashboard-queries": (dashboard_queries.reproduce(), dashboard_queries.measure),
         "real-data": ("python -m bench.run --only real-data", real_data.measure),
         "sim-realism": ("python -m bench.run --only sim-realism", sim_realism.measure),
+        "device-auth": (f"python -m bench.run --only device-auth --readings {readings} {common}",
+                        lambda: measure.device_auth(readings, args.machines, args.runs)),
     }
 
 

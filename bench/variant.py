@@ -32,11 +32,13 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from bench.per_event import build_per_event_flow
 from bench.recovery_store import StoreSampler, measure_store
+from connectors.device_registry import KeyRegistry
 from connectors.lake import LakeSink
 from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import load_rules
 from flows.window_state import WindowConfig
+from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
 from plantpulse.schema import RawBatch
 from plantpulse.settings import PACKAGED_RULES_FILE, Settings
 
@@ -52,10 +54,13 @@ class KafkaLikePolls:
     Like a consumer: each partition is read in order, `BATCH` messages per poll, partitions round-robin.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys_file: Path | None = None) -> None:
         table = pq.read_table(path, columns=["machine_id", "raw"])
         self.raw = table["raw"].combine_chunks()
         encoded = table["machine_id"].combine_chunks().dictionary_encode()
+        self.signatures: tuple[pa.Array, pa.Array] | None = None
+        if keys_file is not None:
+            self.signatures = _sign_as_devices(encoded, self.raw, keys_file)
         machine_partition = np.array(
             [zlib.crc32(m.encode()) % PARTITIONS for m in encoded.dictionary.to_pylist()], dtype=np.int64
         )
@@ -70,13 +75,30 @@ class KafkaLikePolls:
                 rows = self.rows[p][cursor[p] : cursor[p] + BATCH]
                 if len(rows):
                     values = self.raw.take(pa.array(rows)).to_pylist()
-                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values)
+                    headers = None
+                    if self.signatures is not None:
+                        # What the Kafka consumer hands over: each message's header list (timed here, as there).
+                        key_ids, signatures = (column.take(pa.array(rows)).to_pylist() for column in self.signatures)
+                        headers = [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(key_ids, signatures)]
+                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values, None, headers)
                     cursor[p] += len(rows)
+
+
+def _sign_as_devices(machine_ids: pa.DictionaryArray, raw: pa.Array, keys_file: Path) -> tuple[pa.Array, pa.Array]:
+    """A key per machine in a new registry at `keys_file`, and every message's key id and signature, as the
+    devices would have sent them (before the timed run)."""
+    registry = KeyRegistry()
+    keys = [registry.create(machine_id) for machine_id in machine_ids.dictionary.to_pylist()]
+    registry.save(keys_file)
+    codes = machine_ids.indices.to_numpy()
+    key_ids = pa.array([k.key_id.encode() for k in keys], pa.binary()).take(pa.array(codes))
+    signatures = pa.array([sign(keys[c].secret, v) for c, v in zip(codes.tolist(), raw.to_pylist())], pa.binary())
+    return key_ids, signatures
 
 
 def run_flow(
     batches: KafkaLikePolls, snapshot_every_s: float | None = None, *, lake: bool = False, recovery: bool = True,
-    report: dict | None = None, sample_store: bool = False,
+    report: dict | None = None, sample_store: bool = False, device_keys: Path | None = None,
 ) -> list[pa.Table]:
     """The project's flow; with `snapshot_every_s`, Bytewax recovery snapshots the state that often.
 
@@ -91,6 +113,7 @@ def run_flow(
         rules=tuple(load_rules(PACKAGED_RULES_FILE)),
         machine_types={},
         shards=32,
+        device_keys=device_keys,  # set: every message's device signature is verified (issue 16)
     )
     out: list[pa.Table] = []
     flow = Dataflow("bench_flow")
@@ -139,12 +162,15 @@ def main() -> None:
         raise SystemExit("usage: python -m bench.variant NAME DATA OUT [--sample-store]")
     name, data, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     sample = sys.argv[4:] == ["--sample-store"]
-    batches = KafkaLikePolls(data)
+    keys_directory = tempfile.TemporaryDirectory(prefix="bench-device-keys-")
+    keys_file = Path(keys_directory.name) / "device-keys.json"
+    batches = KafkaLikePolls(data, keys_file if name == "flow_signed" else None)
     events = batches.events
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report: dict = {}
     runners = {
         "flow": run_flow,
+        "flow_signed": lambda polls: run_flow(polls, device_keys=keys_file),
         "per_event": run_per_event,
         "flow_recovery_10s": lambda polls: run_flow(polls, 10.0, report=report, sample_store=sample),
         "flow_recovery_1s": lambda polls: run_flow(polls, 1.0, report=report, sample_store=sample),

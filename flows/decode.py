@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck
 from plantpulse.schema import (
     CHANNEL_LIMIT,
     CHANNEL_NAME_PATTERN,
@@ -130,8 +131,9 @@ class BatchDecoder:
     (1, [('not_json', 11)])
     """
 
-    def __init__(self, limits: ValidationLimits | None = None) -> None:
+    def __init__(self, limits: ValidationLimits | None = None, signatures: SignatureCheck | None = None) -> None:
         self.limits = limits or ValidationLimits()
+        self.signatures = signatures  # None: readings are accepted unsigned (DEVICE_AUTH=off)
 
     def decode(self, batch: RawBatch, now_ms: int) -> DecodedBatch:
         """Decode one poll; `now_ms` is the wall clock the timestamp checks compare against."""
@@ -147,9 +149,19 @@ class BatchDecoder:
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
+        signed_by = None
+        if self.signatures is not None:
+            # Before parsing: bytes that no device vouches for are never parsed.
+            verdicts = self.signatures.check(batch, candidates)
+            if verdicts.refused:
+                for i, reason, detail in verdicts.refused:
+                    dead.append(_dead(batch, i, reason, detail))
+                candidates = [i for i in candidates if i in verdicts.signed_by]
+                joined = b"\n".join(values[i] for i in candidates) if candidates else b""
+            signed_by = verdicts.signed_by
         channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
         table = self._parse(batch, candidates, dead, joined)
-        readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels)
+        readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, signed_by)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
     def _parse(
@@ -182,7 +194,7 @@ class BatchDecoder:
 
     def _validate(
         self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter], sizes: np.ndarray,
-        channels: dict[int, dict[str, float | None]] | None = None,
+        channels: dict[int, dict[str, float | None]] | None = None, signed_by: dict[int, str] | None = None,
     ) -> pa.Table:
         n = table.num_rows
         if n == 0:
@@ -199,6 +211,9 @@ class BatchDecoder:
             fail(_np_bool(pc.is_null(table[name])), SCHEMA)
         machine_ok = pc.match_substring_regex(table["machine_id"], MACHINE_ID_PATTERN)
         fail(~_np_bool(machine_ok, null_as=True), BAD_MACHINE_ID)
+        if signed_by is not None:
+            signer = pa.array([signed_by[i] for i in rows], pa.string())
+            fail(~_np_bool(pc.equal(table["machine_id"], signer), null_as=False), IDENTITY_MISMATCH)
         fail(~_np_bool(pc.is_in(table["status"], value_set=_STATUS_SET), null_as=True), BAD_STATUS)
         for sensor in SENSORS:
             values = table[sensor].to_numpy(zero_copy_only=False)  # nulls become NaN
@@ -232,6 +247,7 @@ _REASON_ORDER = (
     UNSUPPORTED_VERSION,
     SCHEMA,
     BAD_MACHINE_ID,
+    IDENTITY_MISMATCH,
     BAD_STATUS,
     NON_FINITE,
     OUT_OF_RANGE,
@@ -392,6 +408,8 @@ def _detail(reason: str, row: dict, now_ms: int, limits: ValidationLimits) -> st
         return f"missing field(s): {', '.join(missing)}"
     if reason == BAD_MACHINE_ID:
         return f"machine_id={row['machine_id']!r} does not match {MACHINE_ID_PATTERN}"
+    if reason == IDENTITY_MISMATCH:
+        return f"machine_id={row['machine_id']!r} is not the machine of the key that signed it"
     if reason == BAD_STATUS:
         return f"status={row['status']!r} is not one of {', '.join(STATUSES)}"
     if reason == NON_FINITE:

@@ -17,9 +17,11 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.dataflow import Stream, operator
 
+from connectors.device_registry import RegistryWatcher
 from flows import metrics, reading_issues
 from flows.anomaly_logic import AnalysedWindows, AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
+from flows.device_auth import SignatureCheck
 from flows.fleet import load_machine_sites, load_machine_types
 from flows.incident_logic import (
     AnomalyEvents,
@@ -52,6 +54,8 @@ class PipelineConfig:
     models: ModelSpecs | None = None  # None: no anomaly models
     resolve_after_windows: int = 6  # incidents: default quiet windows before one resolves
     machine_sites: dict[str, str] | None = None
+    device_keys: Path | None = None  # the device key registry; None accepts unsigned readings (DEVICE_AUTH=off)
+    device_keys_reload_s: float = 5.0
 
     def incident_config(self) -> IncidentConfig:
         return IncidentConfig(
@@ -83,6 +87,8 @@ class PipelineConfig:
             models=load_model_specs(settings.models_file),
             resolve_after_windows=settings.incident_resolve_after_windows,
             machine_sites=load_machine_sites(Path(settings.machines_file)) if settings.machines_file else {},
+            device_keys=settings.device_keys_file if settings.device_auth == "required" else None,
+            device_keys_reload_s=settings.device_keys_reload_seconds,
         )
 
 
@@ -125,7 +131,10 @@ def process_telemetry(
     """Decode, validate, window and evaluate rules on a stream of raw polls (a composite operator).
 
     `commands`: polls of the `incident-commands` topic (operators' ack/resolve/comment), if any."""
-    decoder = BatchDecoder(config.limits)
+    signatures = None
+    if config.device_keys is not None:
+        signatures = SignatureCheck(RegistryWatcher(config.device_keys, config.device_keys_reload_s))
+    decoder = BatchDecoder(config.limits, signatures)
 
     def decode(batch: RawBatch) -> DecodedBatch:
         decoded = decoder.decode(batch, now_ms=int(clock() * 1000))

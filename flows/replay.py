@@ -84,9 +84,11 @@ class CollectSink(DynamicSink):
 
 
 def replay_config(config: PipelineConfig) -> PipelineConfig:
-    """`config` for a replay: wall-clock closing switched off, one state shard (one worker runs it all)."""
+    """`config` for a replay: wall-clock closing switched off, one state shard (one worker runs it all), and
+    no device signature checks: a replay reads files (the lake holds readings the live flow verified; a
+    recording holds no headers), not devices."""
     windows = replace(config.windows, idle_close_s=NEVER_S, stale_after_s=NEVER_S)
-    return replace(config, windows=windows, shards=REPLAY_SHARDS)
+    return replace(config, windows=windows, shards=REPLAY_SHARDS, device_keys=None)
 
 
 def replay(

@@ -11,29 +11,18 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import NoReturn
 
 import typer
-from pydantic import ValidationError
 
+from plantpulse.cli_common import fail as _fail
+from plantpulse.cli_common import settings_or_fail as _settings
+from plantpulse.keys_cli import keys_app
 from plantpulse.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PlantPulse: real-time predictive maintenance.")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"plantpulse: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]).upper()
-        _fail(f"invalid configuration {where}: {first['msg']}")
-        raise  # unreachable: _fail exits
+app.add_typer(keys_app, name="keys")
 
 
 def _require_kafka(settings: Settings) -> None:
@@ -84,6 +73,9 @@ def sim(
     imperfections: str = typer.Option("", help="e.g. 'duplicates=0.01,late=0.001,malformed=0.001'."),
     record: Path | None = typer.Option(None, help="Also record the stream (with labels) to Parquet."),
     record_only: bool = typer.Option(False, "--record-only", help="Only write --record (no Kafka), as fast as possible."),
+    create_keys: bool = typer.Option(
+        False, "--create-keys", help="Add device keys for simulated machines that have none (DEVICE_AUTH=required)."
+    ),
 ) -> None:
     """Simulate the fleet and produce readings to $KAFKA_BOOTSTRAP_SERVERS / $TELEMETRY_TOPIC."""
     from sim import ProduceError, Simulator, build_fleet, parse_imperfections, produce, sync_fleet_csv
@@ -118,7 +110,8 @@ def sim(
                 typer.echo(f"plantpulse: {settings.machines_file} listed {replaced}; replaced by this fleet "
                            f"({machines} machines, seed {seed}). A running flow read machine types at its start: "
                            "restart it to use these", err=True)
-        summary = produce(settings, simulator, rate=rate, duration_s=duration, count=count, record_path=record)
+        summary = produce(settings, simulator, rate=rate, duration_s=duration, count=count, record_path=record,
+                          create_missing_keys=create_keys)
     except (ValueError, ProduceError, OSError) as error:
         _fail(str(error))
     typer.echo(

@@ -45,6 +45,7 @@ from rich.text import Text
 
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.clickhouse import run_sql
+from connectors.device_registry import KeyRegistry
 from connectors.incident_feed import fold_incident
 from connectors.kafka import read_topic
 from connectors.topics import ensure_topics
@@ -187,6 +188,16 @@ class _Live:
     notifier_note: str = ""  # why the notifier stopped, when it did
 
 
+def issue_demo_keys(path: Path, machine_ids: list[str]) -> None:
+    """A device key for every demo machine that has no active one (a rerun keeps the existing keys)."""
+    registry = KeyRegistry.load(path)
+    missing = [m for m in machine_ids if registry.signing_key(m) is None]
+    for machine_id in missing:
+        registry.create(machine_id)
+    if missing or not path.exists():
+        registry.save(path)
+
+
 def run_demo(
     settings: Settings, duration: float | None, machines: int, rate: float, seed: int, notify: bool = False
 ) -> None:
@@ -215,7 +226,12 @@ def run_demo(
             kafka_bootstrap_servers=broker.bootstrap, data_dir=data_dir, machines_file=data_dir / "machines.csv"
         )
         ensure_topics(settings)
-        write_fleet_csv(data_dir / "machines.csv", build_fleet(machines, seed))
+        fleet = build_fleet(machines, seed)
+        write_fleet_csv(data_dir / "machines.csv", fleet)
+        # Devices are authenticated in the demo too: each simulated machine gets a key, the simulator signs,
+        # the flow verifies (the registry is a file in the demo's data directory, mode 0600).
+        env["DEVICE_AUTH"], env["DEVICE_KEYS_FILE"] = "required", str(data_dir / "device-keys.json")
+        issue_demo_keys(data_dir / "device-keys.json", [m.machine_id for m in fleet])
         console.print(f"[bold]PlantPulse demo[/] broker {broker.bootstrap} · data in {data_dir} · Ctrl-C stops")
         console.print(
             f"models warm up for {faults_after} s ({DEMO_WARMUP_WINDOWS} windows; {default_warmup} outside the demo); "

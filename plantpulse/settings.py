@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = Field(None, description="CA bundle for TLS.")
+    kafka_ssl_certificate_location: str | None = Field(None, description="Client certificate (PEM), mutual TLS.")
+    kafka_ssl_key_location: str | None = Field(None, description="Client private key (PEM), mutual TLS.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of that key, if encrypted.")
     telemetry_topic: str = "telemetry"
     alerts_topic: str = "alerts"
     deadletter_topic: str = "telemetry-deadletter"
@@ -45,6 +48,8 @@ class Settings(BaseSettings):
     clickhouse_database: str = "plantpulse"
     clickhouse_user: str | None = None
     clickhouse_password: SecretStr | None = None
+    clickhouse_verify: bool = Field(True, description="Verify an https server's certificate (and host name).")
+    clickhouse_ca_file: Path | None = Field(None, description="CA bundle for an https ClickHouse (private CA).")
     clickhouse_flush_seconds: float = Field(1.0, gt=0, description="Max age of buffered rows before insert.")
     clickhouse_refresh_seconds: int = Field(
         60, ge=1, description="How often the refreshable rollups (the hourly ones, data_quality) recompute."
@@ -59,6 +64,7 @@ class Settings(BaseSettings):
     # Lake
     lake_url: str = Field("", description="file:///path or s3://bucket/prefix for raw Parquet.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO); credentials: AWS_*.")
+    s3_ca_bundle: Path | None = Field(None, description="CA bundle for an https S3 endpoint (private CA).")
     s3_sse: str | None = Field(None, description="Server-side encryption: AES256 or a KMS key id.")
     lake_file_max_rows: int = Field(
         250_000, ge=1, description="A lake file is written once an hour's buffered rows reach this (at a snapshot)."
@@ -100,6 +106,17 @@ class Settings(BaseSettings):
         16 * 2**20, ge=1024, description="The lake quarantine keeps originals whole up to this size, then a prefix."
     )
 
+    # Device identity: every reading is signed by its device (README "Security model").
+    device_auth: str = Field(
+        "required", description="'required': readings need a valid device signature; 'off' accepts them unsigned."
+    )
+    device_keys_file: Path | None = Field(
+        None, description="Device key registry (JSON, mode 0600); default $DATA_DIR/device-keys.json."
+    )
+    device_keys_reload_seconds: float = Field(
+        5.0, gt=0, description="How often the flow looks for a changed key registry (rotation without restart)."
+    )
+
     # Incidents
     incident_resolve_after_windows: int = Field(
         6, ge=1, description="Quiet windows after which an incident resolves (a rule or model spec may override)."
@@ -136,6 +153,9 @@ class Settings(BaseSettings):
     notify_backoff_initial_seconds: float = Field(1.0, gt=0, description="First pause between delivery attempts.")
     notify_backoff_max_seconds: float = Field(60.0, gt=0, description="Longest pause between delivery attempts.")
     notify_http_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook/Slack request.")
+    notify_http_ca_file: Path | None = Field(
+        None, description="CA bundle for https webhook/Slack endpoints (private CA); the system CAs otherwise."
+    )
     notify_metrics_port: int = Field(9465, ge=0, description="Prometheus port of `plantpulse notify`; 0 disables.")
     smtp_host: str | None = Field(None, description="SMTP server for e-mail channels.")
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -160,6 +180,13 @@ class Settings(BaseSettings):
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL={value!r}: expected one of {sorted(allowed)}")
         return value.upper()
 
+    @field_validator("device_auth")
+    @classmethod
+    def _known_device_auth(cls, value: str) -> str:
+        if value.lower() not in {"required", "off"}:
+            raise ValueError(f"DEVICE_AUTH={value!r}: expected 'required' or 'off'")
+        return value.lower()
+
     def model_post_init(self, __context: Any) -> None:
         # Defaults that depend on DATA_DIR are resolved here so one variable moves all local state.
         data_dir = self.data_dir.resolve()
@@ -169,6 +196,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "lake_url", f"file://{data_dir / 'lake'}")
         if self.machines_file is None:
             object.__setattr__(self, "machines_file", data_dir / "machines.csv")
+        if self.device_keys_file is None:
+            object.__setattr__(self, "device_keys_file", data_dir / "device-keys.json")
 
     def cluster(self) -> tuple[int | None, list[str] | None]:
         """(process id, addresses) of this Bytewax process, or (None, None) when running alone."""
@@ -210,4 +239,10 @@ class Settings(BaseSettings):
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         if self.kafka_ssl_ca_location:
             config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        if self.kafka_ssl_certificate_location:
+            config["ssl.certificate.location"] = self.kafka_ssl_certificate_location
+        if self.kafka_ssl_key_location:
+            config["ssl.key.location"] = self.kafka_ssl_key_location
+        if self.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
         return config

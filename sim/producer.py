@@ -22,6 +22,8 @@ import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from connectors.device_registry import KeyRegistry
+from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
 from plantpulse.settings import Settings
 from sim.faults import FaultLabel
 from sim.imperfections import DUPLICATE, IMPERFECTION_LABELS, MALFORMED_BASE
@@ -151,8 +153,13 @@ def produce(
     count: int | None = None,
     record_path: Path | None = None,
     progress: Progress | None = None,
+    create_missing_keys: bool = False,
 ) -> ProduceSummary:
     """Send the simulator's stream to `settings.telemetry_topic`, keyed by machine id.
+
+    With DEVICE_AUTH=required (the default) every message is signed with its machine's device key from
+    DEVICE_KEYS_FILE, as a device would (`plantpulse.device_signing`); machines without an active key are an
+    error, unless `create_missing_keys` adds keys for them to the registry.
 
     Stops after `duration_s` of event time, after `count` messages, or (rate mode, neither given) at Ctrl-C.
     Creates the topic if missing. Raises `ProduceError` if any message fails delivery. With `record_path`
@@ -177,11 +184,27 @@ def produce(
             failures.append(f"fatal client error: {error.str()}")
         log.warning("kafka client error: %s", error.str())
 
+    signers = device_signers(settings, simulator, create_missing_keys)
     producer = Producer(producer_config(settings) | {"on_delivery": on_delivery, "error_cb": on_error})
     produce_to_topic, poll = partial(producer.produce, topic), producer.poll
 
+    def send_signed(values: list[bytes], keys: list[bytes]) -> None:
+        i = 0
+        while i < len(values):
+            value, key = values[i], keys[i]
+            key_id, secret = signers[key]
+            headers = [(KEY_ID_HEADER, key_id), (SIGNATURE_HEADER, sign(secret, value))]
+            try:
+                produce_to_topic(value, key, headers=headers)
+                i += 1
+            except BufferError:
+                poll(0.05)  # local queue full: retry this message once delivery reports have made room
+
     def send(batch: MessageBatch) -> None:
         values, keys, start = batch.values, batch.keys, 0
+        if signers is not None:
+            send_signed(values, keys)
+            start = len(values)
         while start < len(values):
             pending_values = iter(values if start == 0 else values[start:])
             pending_keys = iter(keys if start == 0 else keys[start:])
@@ -216,6 +239,38 @@ def produce(
         close = getattr(producer, "close", None)  # recent confluent-kafka; older ones close when collected
         if close is not None:
             close()
+
+
+def device_signers(
+    settings: Settings, simulator: Simulator, create_missing: bool
+) -> dict[bytes, tuple[bytes, bytes]] | None:
+    """Each simulated machine's (key id, secret) for signing, by Kafka key; None when DEVICE_AUTH=off."""
+    if settings.device_auth != "required":
+        return None
+    path = Path(settings.device_keys_file or "device-keys.json")
+    try:
+        registry = KeyRegistry.load(path)
+    except ValueError as error:
+        raise ProduceError(str(error)) from None
+    machine_ids = list(simulator.machine_ids)
+    missing = [m for m in machine_ids if registry.signing_key(m) is None]
+    if missing and not create_missing:
+        raise ProduceError(
+            f"{len(missing)} of {len(machine_ids)} simulated machines have no active device key in {path} "
+            f"(e.g. {missing[0]}): create them with `plantpulse keys create`, run `plantpulse sim --create-keys`, "
+            "or set DEVICE_AUTH=off"
+        )
+    if missing:
+        for machine_id in missing:
+            registry.create(machine_id)
+        registry.save(path)
+        log.info("created device keys for %d simulated machines in %s", len(missing), path)
+    signers = {}
+    for machine_id in machine_ids:
+        key = registry.signing_key(machine_id)
+        if key is not None:
+            signers[machine_id.encode()] = (key.key_id.encode(), key.secret)
+    return signers
 
 
 def record_only(

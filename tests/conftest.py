@@ -23,6 +23,10 @@ from tests.dashboard_seed import DashboardSeed, close_clients, seed_dashboard_db
 # every minute in the background and slow every query of the session. Tests force the rollups when they read
 # them (connectors.clickhouse_schema.refresh_rollups), so the background refresh runs hourly here.
 os.environ.setdefault("CLICKHOUSE_REFRESH_SECONDS", "3600")
+# Tests about windows, models, sinks... send unsigned readings, so they switch device verification off here,
+# explicitly; tests/test_device_auth.py turns it on (DEVICE_AUTH=required, the default outside tests) and the
+# demo runs with it on.
+os.environ.setdefault("DEVICE_AUTH", "off")
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,7 @@ def test_one_section_runs_on_its_own_and_names_its_command() -> None:
     assert selected(parse_args(["--skip-e2e", "--skip-tuning"])) == ["engine", "recovery-cost", "replay",
                                                                      "model-quality", "soak", "incident-noise",
                                                                      "incident-latency", "dashboard-queries",
-                                                                     "real-data", "sim-realism"]
+                                                                     "real-data", "sim-realism", "device-auth"]
     assert selected(parse_args(["--only", "incident_noise"])) == ["incident-noise"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "engine", "--skip-e2e"])

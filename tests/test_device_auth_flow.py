@@ -1,0 +1,81 @@
+"""Device identity through the broker and the live flow (issue 16): the simulator signs, the flow verifies,
+and forged readings reach the dead-letter topic with their reasons, never the windows.
+
+The embedded broker (tansu) carries Kafka headers like any Kafka; it cannot do TLS (see
+tests/test_transport_tls.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import pytest
+from bytewax.testing import run_main
+from confluent_kafka import Producer
+
+from connectors.broker import EmbeddedBroker
+from connectors.clickhouse import run_sql
+from connectors.device_registry import KeyRegistry
+from connectors.kafka import read_topic
+from flows import metrics
+from flows.telemetry import build_flow
+from sim import ProduceError, Simulator, build_fleet, produce
+from tests.brokerkit import isolated_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _signed(key_id: str, secret: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    return [("pp-kid", key_id.encode()), ("pp-sig", hmac.new(secret, value, hashlib.sha256).hexdigest().encode())]
+
+
+def test_signed_fleet_passes_and_forgeries_are_dead_lettered(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    keys_file = tmp_path / "device-keys.json"
+    settings = isolated_settings(broker.bootstrap, tmp_path, label="devauth", create_topics=True,
+                                 device_auth="required", device_keys_file=keys_file, metrics_port=0)
+    fleet = build_fleet(6, seed=3)
+    start_ms = int(time.time() * 1000) - 120_000
+    simulator = Simulator(fleet, seed=3, faults="none", start_ts_ms=start_ms)
+    with pytest.raises(ProduceError, match="6 of 6 simulated machines have no active device key"):
+        produce(settings, simulator, count=10)
+    summary = produce(settings, simulator, count=600, create_missing_keys=True)  # the simulator signs each one
+    assert summary.readings == 600
+
+    registry = KeyRegistry.load(keys_file)
+    victim, other = fleet[0].machine_id, fleet[1].machine_id
+    stolen = registry.signing_key(other)
+    revoked = registry.rotate(victim)
+    registry.revoke(revoked.key_id)
+    registry.save(keys_file)
+
+    def body(machine_id: str, seq: int) -> bytes:
+        return json.dumps({"machine_id": machine_id, "ts": start_ms + 500, "seq": 10_000 + seq,
+                           "status": "running", "temperature": 150.0}).encode()
+
+    forged = {
+        "unsigned": (body(victim, 1), None),
+        "bad_signature": (body(victim, 2), _signed(stolen.key_id, b"\0" * 32, body(victim, 2))),
+        "unknown_device": (body(victim, 3), _signed(f"{victim}.k99", stolen.secret, body(victim, 3))),
+        "revoked_key": (body(victim, 4), _signed(revoked.key_id, revoked.secret, body(victim, 4))),
+        "identity_mismatch": (body(victim, 5), _signed(stolen.key_id, stolen.secret, body(victim, 5))),
+    }
+    producer = Producer(settings.kafka_config())
+    for value, headers in forged.values():
+        producer.produce(settings.telemetry_topic, value, victim.encode(), headers=headers)
+    assert producer.flush(30) == 0
+    before = {reason: metrics.DEAD_LETTERS.labels(reason)._value.get() for reason in forged}
+
+    run_main(build_flow(settings, tail=False))
+
+    letters = read_topic(settings, settings.deadletter_topic)
+    reasons = sorted(dict(letter.headers)["reason"].decode() for letter in letters)
+    assert reasons == sorted(forged)
+    assert {reason: metrics.DEAD_LETTERS.labels(reason)._value.get() - before[reason] for reason in forged} == {
+        reason: 1.0 for reason in forged}
+    # Only the simulator's 600 signed readings reached the windows; none of the forged 150 degC readings.
+    _, ((readings, hottest),) = run_sql(settings, "SELECT sum(readings), max(temperature_max) FROM window_stats FINAL")
+    assert readings == 600 and hottest < 150.0
