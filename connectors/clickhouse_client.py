@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.httputil import get_pool_manager
+from urllib3 import PoolManager
 
 from plantpulse.settings import Settings
 
@@ -35,6 +39,14 @@ class EmbeddedDatabaseBusy(RuntimeError):
         )
         self.path = path
         self.holder_pid = holder_pid
+
+
+class ClickHouseCertificateError(ValueError):
+    """The https server's certificate cannot be verified: a configuration error, not an outage.
+
+    A ValueError on purpose: the sink retries transient failures forever, and waiting does not make an
+    untrusted certificate trusted - the flow stops with this message instead (CLICKHOUSE_CA_FILE is wrong or
+    unset, or the certificate does not name the host in CLICKHOUSE_URL)."""
 
 
 def connect(settings: Settings, database: str | None = None) -> Client:
@@ -111,17 +123,86 @@ def _connect_server(settings: Settings, database: str | None) -> Client:
         password = settings.clickhouse_password.get_secret_value()
     else:
         password = parts.password or ""
-    return clickhouse_connect.get_client(
-        interface="https" if secure else "http",
-        host=parts.hostname,
-        port=parts.port or (8443 if secure else 8123),
-        username=username,
-        password=password,
-        database=database,
-        # No server session: the sink's flusher thread and snapshot never share a client concurrently, and
-        # sessions would make the server reject concurrent use instead of just running it.
-        autogenerate_session_id=False,
+    try:
+        return clickhouse_connect.get_client(
+            interface="https" if secure else "http",
+            host=parts.hostname,
+            port=parts.port or (8443 if secure else 8123),
+            username=username,
+            password=password,
+            database=database,
+            # No server session: the sink's flusher thread and snapshot never share a client concurrently, and
+            # sessions would make the server reject concurrent use instead of just running it.
+            autogenerate_session_id=False,
+            pool_mgr=tls_pool(settings),
+        )
+    except Exception as exc:
+        if secure and _is_certificate_failure(exc):
+            ca = settings.clickhouse_ca_file or "unset, so the system CAs"
+            raise ClickHouseCertificateError(
+                f"ClickHouse at {redacted_url(settings.clickhouse_url)}: the server's TLS certificate was not "
+                f"accepted ({_certificate_reason(exc)}); CLICKHOUSE_CA_FILE={ca}: it must hold the CA that signed "
+                "the server's certificate, and the certificate must name the host of CLICKHOUSE_URL"
+            ) from exc
+        raise
+
+
+def tls_pool(settings: Settings) -> PoolManager | None:
+    """The connection pool for CLICKHOUSE_VERIFY and CLICKHOUSE_CA_FILE (https only): None for the default
+    (clickhouse-connect's shared pool, verifying against the system CAs), else a pool verifying as configured.
+
+    A CA file with an http:// URL is refused rather than ignored: the operator asked for a verified,
+    encrypted connection and would silently get a plaintext one.
+    """
+    url = settings.clickhouse_url
+    ca_file = settings.clickhouse_ca_file
+    if not url.lower().startswith("https://"):
+        if ca_file is not None:
+            raise ValueError(
+                f"CLICKHOUSE_CA_FILE={ca_file} is set but CLICKHOUSE_URL={redacted_url(url)!r} is not https://: "
+                "the connection would not be encrypted"
+            )
+        return None
+    if ca_file is not None and not ca_file.is_file():
+        raise ValueError(f"CLICKHOUSE_CA_FILE={ca_file} is not a readable file")
+    if settings.clickhouse_verify and ca_file is None:
+        return None
+    return _tls_pool(settings.clickhouse_verify, str(ca_file) if ca_file is not None else None)
+
+
+@functools.cache
+def _tls_pool(verify: bool, ca_file: str | None) -> PoolManager:
+    # clickhouse-connect's own `verify`/`ca_cert` arguments make each client own a new pool, and closing a
+    # client then fails: urllib3-future (pulled in by grafana-client's niquests) replaces urllib3, and
+    # clickhouse-connect 1.12's close needs `pools.lock`, which it lacks (AttributeError). A pool per TLS
+    # configuration, shared like clickhouse-connect's default pool and closed by it at exit, avoids that.
+    return get_pool_manager(verify=verify, ca_cert=ca_file)
+
+
+def _is_certificate_failure(exc: BaseException) -> bool:
+    # clickhouse-connect wraps urllib3's MaxRetryError(SSLError(SSLCertVerificationError)) in an
+    # OperationalError; only the text survives all the way up.
+    return any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc)) or (
+        "CERTIFICATE_VERIFY_FAILED" in str(exc)
     )
+
+
+def _certificate_reason(exc: BaseException) -> str:
+    text = str(exc)
+    start = text.find("certificate verify failed")
+    if start < 0:
+        return "certificate verify failed"
+    return text[start:].split(" (_ssl.c", 1)[0].split("'", 1)[0]
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        reason = getattr(current, "reason", None)
+        current = reason if isinstance(reason, BaseException) else (current.__cause__ or current.__context__)
+    return seen
 
 
 def redacted_url(url: str) -> str:

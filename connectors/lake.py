@@ -84,8 +84,9 @@ MANIFESTS_KEPT = 1024
 class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
     """`partitions` writer partitions named `lake-<p>`, one per Kafka partition of the telemetry topic.
 
-    `fs` replaces the filesystem derived from `settings.lake_url`; `endpoint_url`, `key`, `secret`, `sse`
-    and `s3_options` configure S3 until Settings carries them. `backoff_factory` exists for tests and tuning.
+    `fs` replaces the filesystem derived from `settings.lake_url`; `endpoint_url`, `key`, `secret`, `sse`,
+    `ca_bundle` and `s3_options` configure S3 (the flow passes `lake_store.s3_settings(settings)`).
+    `backoff_factory` exists for tests and tuning.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
         key: str | None = None,
         secret: str | None = None,
         sse: str | None = None,
+        ca_bundle: Path | None = None,
         s3_options: dict[str, Any] | None = None,
         backoff_factory: Callable[[], Backoff] = Backoff,
         schema: pa.Schema = READING_ARROW_SCHEMA,
@@ -118,7 +120,8 @@ class LakeSink(FixedPartitionedSink[pa.Table, LakeState]):
             )
         self.lake_url = settings.lake_url
         self.fs, self.root = store.open_lake(
-            settings.lake_url, fs, endpoint_url=endpoint_url, key=key, secret=secret, sse=sse, s3_options=s3_options
+            settings.lake_url, fs, endpoint_url=endpoint_url, key=key, secret=secret, sse=sse, ca_bundle=ca_bundle,
+            s3_options=s3_options,
         )
         if subdir:
             self.root = f"{self.root.rstrip('/')}/{subdir}"

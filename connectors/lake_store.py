@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import posixpath
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+
+from plantpulse.settings import Settings
 
 MANIFEST_DIR = "_manifests"
 MS_PER_HOUR = 3_600_000
@@ -32,13 +35,15 @@ def open_lake(
     key: str | None = None,
     secret: str | None = None,
     sse: str | None = None,
+    ca_bundle: Path | None = None,
     s3_options: dict[str, Any] | None = None,
 ) -> tuple[AbstractFileSystem, str]:
     """(filesystem, root path within it) for `file:///abs/path` or `s3://bucket/prefix`.
 
     `fs`, when given, is used as is (tests, or a filesystem configured elsewhere); the S3 arguments are
-    then ignored. `s3_options` are extra `s3fs.S3FileSystem` keyword arguments (timeouts, retries, ...);
-    the named arguments win over them.
+    then ignored. `ca_bundle`: the CA file an https endpoint's certificate is verified against (a private
+    CA); the system CAs otherwise. `s3_options` are extra `s3fs.S3FileSystem` keyword arguments (timeouts,
+    retries, ...); the named arguments win over them. `s3_settings(settings)` gives the named ones.
     """
     if lake_url.startswith("file://"):
         root = lake_url.removeprefix("file://")
@@ -51,9 +56,12 @@ def open_lake(
             raise ValueError(f"lake: LAKE_URL={lake_url!r} names no bucket; expected s3://bucket/prefix")
         if fs is not None:
             return fs, root
-        options: dict[str, Any] = dict(s3_options or {})
+        # Nested dicts copied too: the caller's s3_options must not collect our additions.
+        options: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in (s3_options or {}).items()}
         if endpoint_url is not None:
             options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint_url
+        if ca_bundle is not None:
+            options.setdefault("client_kwargs", {})["verify"] = _checked_ca_bundle(ca_bundle, endpoint_url)
         if key is not None:
             options["key"] = key
         if secret is not None:
@@ -65,6 +73,21 @@ def open_lake(
 
         return s3fs.S3FileSystem(**options), root
     raise ValueError(f"lake: LAKE_URL={lake_url!r}: expected file:///abs/path or s3://bucket/prefix")
+
+
+def s3_settings(settings: Settings) -> dict[str, Any]:
+    """`open_lake`'s S3 keyword arguments from the S3_* settings: the one place that maps them, so every
+    lake reader and writer (flow sinks, quarantine, compaction, replay) reaches S3 the same way."""
+    return {"endpoint_url": settings.s3_endpoint_url, "sse": settings.s3_sse, "ca_bundle": settings.s3_ca_bundle}
+
+
+def _checked_ca_bundle(ca_bundle: Path, endpoint_url: str | None) -> str:
+    if endpoint_url is not None and not endpoint_url.lower().startswith("https://"):
+        # Refused rather than ignored: the operator asked for verified TLS and would get plaintext.
+        raise ValueError(f"lake: S3_CA_BUNDLE={ca_bundle} is set but S3_ENDPOINT_URL={endpoint_url!r} is not https://")
+    if not Path(ca_bundle).is_file():
+        raise ValueError(f"lake: S3_CA_BUNDLE={ca_bundle} is not a readable file")
+    return str(ca_bundle)
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

@@ -20,6 +20,7 @@ import posixpath
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -155,10 +156,11 @@ class UndeliverableQuarantine:
         max_value_bytes: int = 16 * 2**20,
         endpoint_url: str | None = None,
         sse: str | None = None,
+        ca_bundle: Path | None = None,
         backoff_factory: Callable[[], Backoff] = Backoff,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        fs, root = store.open_lake(lake_url, fs, endpoint_url=endpoint_url, sse=sse)
+        fs, root = store.open_lake(lake_url, fs, endpoint_url=endpoint_url, sse=sse, ca_bundle=ca_bundle)
         self.fs, self.root = fs, f"{root.rstrip('/')}/{QUARANTINE_DIR}"
         self.max_value_bytes = max_value_bytes
         self._backoff = backoff_factory()
@@ -169,7 +171,7 @@ class UndeliverableQuarantine:
     def from_settings(cls, settings: Settings, **options: object) -> UndeliverableQuarantine:
         return cls(
             settings.lake_url, max_value_bytes=settings.quarantine_max_value_bytes,
-            endpoint_url=settings.s3_endpoint_url, sse=settings.s3_sse, **options,  # type: ignore[arg-type]
+            **store.s3_settings(settings), **options,  # type: ignore[arg-type]
         )
 
     def write(self, records: Sequence[UndeliverableRecord]) -> str | None:

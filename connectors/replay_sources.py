@@ -61,10 +61,11 @@ class ReplayInput:
 def open_input(
     source: str | Sequence[str], *, chunk_rows: int = 50_000, poll_size: int = 50_000,
     s3_endpoint_url: str | None = None,
+    s3_ca_bundle: Path | None = None,
 ) -> ReplayInput:
     """Recognise `source` (lake URL, recording, CSV/Parquet file or directory of them; or several files and
     directories) and open it (`s3_endpoint_url`: an S3-compatible endpoint such as MinIO for an `s3://` lake;
-    credentials come from the environment)."""
+    `s3_ca_bundle`: its private CA; credentials come from the environment)."""
     sources = [source] if isinstance(source, str) else list(source)
     if not sources:
         raise ValueError("replay: no input given")
@@ -74,7 +75,7 @@ def open_input(
         if given.startswith(("file://", "s3://")):
             if not single:
                 raise ValueError(f"replay: the lake {given!r} is replayed alone, not with other inputs")
-            return _lake(given, chunk_rows, s3_endpoint_url)
+            return _lake(given, chunk_rows, s3_endpoint_url, s3_ca_bundle)
         path = Path(given)
         if not path.exists():
             raise ValueError(f"replay: input {given!r} does not exist (a file, or a file:// / s3:// lake URL)")
@@ -189,8 +190,10 @@ class LakeHours:
     files are the ones `connectors.lake_read` reads (a compacted hour's replaced files are skipped).
     """
 
-    def __init__(self, url: str, chunk_rows: int, endpoint_url: str | None = None) -> None:
-        self.fs, root = open_lake(url, endpoint_url=endpoint_url)
+    def __init__(
+        self, url: str, chunk_rows: int, endpoint_url: str | None = None, ca_bundle: Path | None = None
+    ) -> None:
+        self.fs, root = open_lake(url, endpoint_url=endpoint_url, ca_bundle=ca_bundle)
         files = lake_files(self.fs, root, skip=(QUARANTINE_DIR,))
         self.hours = [list(group) for _, group in itertools.groupby(files, key=posixpath.dirname)]
         self.readings = sum(pq.read_metadata(f, filesystem=self.fs).num_rows for f in files)
@@ -203,9 +206,9 @@ class LakeHours:
             yield from _chunks(hour, self.chunk_rows)
 
 
-def _lake(url: str, chunk_rows: int, endpoint_url: str | None) -> ReplayInput:
+def _lake(url: str, chunk_rows: int, endpoint_url: str | None, ca_bundle: Path | None = None) -> ReplayInput:
     try:
-        hours = LakeHours(url, chunk_rows, endpoint_url)
+        hours = LakeHours(url, chunk_rows, endpoint_url, ca_bundle)
     except OSError as error:  # unreachable store, no permission, ...: one line for the CLI
         raise ValueError(f"replay: cannot read the lake at {url!r}: {error}") from error
     if hours.readings == 0:

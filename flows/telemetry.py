@@ -23,6 +23,7 @@ from connectors.kafka import (
     dead_letter_record,
 )
 from connectors.lake import QUARANTINE_DIR, LakeSink
+from connectors.lake_store import s3_settings
 from connectors.quarantine import quarantine_table
 from connectors.topics import ensure_topics, partition_count, topic_configs
 from flows import metrics, reading_issues
@@ -98,8 +99,7 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         LakeSink(
             settings,
             partitions=partition_count(settings, settings.telemetry_topic),
-            endpoint_url=settings.s3_endpoint_url,
-            sse=settings.s3_sse,
+            **s3_settings(settings),
         ),
     )
     # Dead letters are kept too, with their reason, under the lake's quarantine/ prefix.
@@ -109,8 +109,7 @@ def build_flow(settings: Settings | None = None, tail: bool = True) -> Dataflow:
         LakeSink(
             settings,
             partitions=partition_count(settings, settings.telemetry_topic),
-            endpoint_url=settings.s3_endpoint_url,
-            sse=settings.s3_sse,
+            **s3_settings(settings),
             schema=QUARANTINE_ARROW_SCHEMA,
             time_column="quarantined_at",
             subdir=QUARANTINE_DIR,

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -60,16 +61,23 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects())
+def _opener(tls: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=tls))
+    return urllib.request.build_opener(*handlers)
 
 
 class HttpSender:
-    """POST a JSON body (`webhook`: the record plus `text`; `slack`: `{"text", "blocks"}`) to one URL."""
+    """POST a JSON body (`webhook`: the record plus `text`; `slack`: `{"text", "blocks"}`) to one URL.
 
-    def __init__(self, name: str, kind: str, url: str, timeout_s: float) -> None:
+    `tls`: how https URLs are verified (NOTIFY_HTTP_CA_FILE); None means the system CAs."""
+
+    def __init__(self, name: str, kind: str, url: str, timeout_s: float, tls: ssl.SSLContext | None = None) -> None:
         self.name, self.type = name, kind
         self._url = url
         self._timeout_s = timeout_s
+        self._opener = _opener(tls)
         self._payload: Callable[[Notification], dict[str, Any]] = slack_payload if kind == "slack" else webhook_payload
 
     def send(self, notification: Notification) -> None:
@@ -85,7 +93,7 @@ class HttpSender:
             },
         )
         try:
-            with _OPENER.open(request, timeout=self._timeout_s) as response:
+            with self._opener.open(request, timeout=self._timeout_s) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             body = _squash(error.read(300).decode("utf-8", "replace"), 200) if error.fp else ""
@@ -93,6 +101,15 @@ class HttpSender:
             permanent = 300 <= error.code < 500 and error.code not in _RETRIABLE_HTTP
             raise DeliveryError(what, permanent=permanent, retry_after=_retry_after(error.headers)) from None
         except urllib.error.URLError as error:  # refused, DNS, TLS: str(error.reason) holds no URL
+            if isinstance(error.reason, ssl.SSLCertVerificationError):
+                # Permanent, as for SMTP: retrying cannot make an untrusted certificate trusted, and eight
+                # attempts with backoff would only hide a misconfiguration for minutes. The dead letter
+                # keeps the notification and this text, which says what to change.
+                raise DeliveryError(
+                    f"TLS certificate not accepted: {_squash(error.reason.verify_message or str(error.reason))} "
+                    "(NOTIFY_HTTP_CA_FILE must hold the CA that signed the receiver's certificate)",
+                    permanent=True,
+                ) from None
             raise DeliveryError(f"connection failed: {_squash(str(error.reason))}") from None
         except (TimeoutError, http.client.HTTPException, OSError) as error:
             # A timeout while reading, or the connection dropped without a response (RemoteDisconnected).
@@ -186,6 +203,7 @@ def build_senders(routing: Routing, settings: Settings, environ: Mapping[str, st
     """
     env = os.environ if environ is None else environ
     senders: dict[str, Sender] = {}
+    http_tls: ssl.SSLContext | None = None  # built once, for the first http(s) channel
     for name, routes in routing.users().items():
         spec = routing.channels[name]
         where = f"routing file {routing.path}, channel {name!r} ({spec.type}, used by route(s) {routes})"
@@ -197,12 +215,24 @@ def build_senders(routing: Routing, settings: Settings, environ: Mapping[str, st
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 # The value is not echoed: it may be a credential.
                 raise ChannelConfigError(f"{where}: environment variable {spec.url_env} does not hold an http(s) URL")
-            senders[name] = HttpSender(name, spec.type, url, settings.notify_http_timeout_seconds)
+            if http_tls is None and settings.notify_http_ca_file is not None:
+                http_tls = _tls_context("NOTIFY_HTTP_CA_FILE", settings.notify_http_ca_file, where)
+            senders[name] = HttpSender(name, spec.type, url, settings.notify_http_timeout_seconds, http_tls)
         elif spec.type == "email":
             senders[name] = EmailSender(spec, _smtp_config(settings, where))
         else:
             senders[name] = LogSender(name)
     return senders
+
+
+def _tls_context(variable: str, ca_file: Path, where: str) -> ssl.SSLContext:
+    """A verifying client context trusting only `ca_file` (certificate and host name checked)."""
+    if not ca_file.is_file():
+        raise ChannelConfigError(f"{where}: {variable}={ca_file} is not a readable file")
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except ssl.SSLError as error:
+        raise ChannelConfigError(f"{where}: {variable}={ca_file} holds no usable PEM certificate: {error}") from None
 
 
 def _smtp_config(settings: Settings, where: str) -> SmtpConfig:

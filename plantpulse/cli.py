@@ -270,12 +270,12 @@ def lake_compact(
     import time
 
     from connectors.lake_compact import compact_date
-    from connectors.lake_store import open_lake
+    from connectors.lake_store import open_lake, s3_settings
 
     settings = _settings()
     _logging(settings)
     try:
-        fs, root = open_lake(settings.lake_url, endpoint_url=settings.s3_endpoint_url, sse=settings.s3_sse)
+        fs, root = open_lake(settings.lake_url, **s3_settings(settings))
         results = compact_date(fs, root, date, hour, now_s=time.time(), min_age_s=min_age)
     except ValueError as error:
         _fail(str(error))
@@ -344,7 +344,8 @@ def replay(
     if window_seconds is not None:
         update["window_seconds"] = window_seconds
     try:
-        data = open_input(sources[0] if len(sources) == 1 else sources, s3_endpoint_url=settings.s3_endpoint_url)
+        data = open_input(sources[0] if len(sources) == 1 else sources, s3_endpoint_url=settings.s3_endpoint_url,
+                          s3_ca_bundle=settings.s3_ca_bundle)
         specs = load_model_specs(models or settings.models_file)
         points = parse_grid(grid)
         variants = [specs.with_overrides(point) for point in points]

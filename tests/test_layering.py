@@ -7,7 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUND = {"plantpulse.settings", "plantpulse.schema", "plantpulse.output", "plantpulse.stopping"}
+GROUND = {"plantpulse.settings", "plantpulse.schema", "plantpulse.output", "plantpulse.stopping",
+          "plantpulse.device_signing"}
 ALLOWED: dict[str, set[str]] = {
     "models": GROUND | {"models"},
     "connectors": GROUND | {"connectors"},
@@ -41,7 +42,7 @@ def test_imports_run_one_way() -> None:
             for imported in _our_imports(path):
                 if not _allowed(imported, allowed):
                     violations.append(f"{path.relative_to(ROOT)} imports {imported}")
-    for module in ("settings", "schema", "stopping"):
+    for module in ("settings", "schema", "stopping", "device_signing"):
         for imported in _our_imports(ROOT / "plantpulse" / f"{module}.py"):
             violations.append(f"plantpulse/{module}.py imports {imported}")
     for path in ROOT.rglob("*.py"):
