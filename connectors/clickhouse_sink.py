@@ -33,6 +33,7 @@ from clickhouse_connect.driver.exceptions import (
 )
 from prometheus_client import Counter, Gauge
 
+from connectors.clickhouse_access import schema_is_current
 from connectors.clickhouse_client import connect, redacted_url
 from connectors.clickhouse_schema import apply_schema, load_machines, quote_database, set_refresh_interval
 from connectors.retry import Backoff, one_line
@@ -161,7 +162,10 @@ class ClickHouseSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
             client: Client | None = None
             try:
                 client = self.connect_fn(self.settings)
-                apply_schema(client, self.settings.clickhouse_database)
+                # A current schema is left alone: the least-privilege `ingest` user may not run even the
+                # CREATE ... IF NOT EXISTS statements of `apply_schema` (connectors/sql/access_control.sql).
+                if not schema_is_current(client, self.settings.clickhouse_database):
+                    apply_schema(client, self.settings.clickhouse_database)
                 set_refresh_interval(client, self.settings.clickhouse_database, self.settings.clickhouse_refresh_seconds)
                 # Fleet metadata rides along with the sink so analysts can join machines in embedded mode,
                 # where this process is the only one that can open the database.
