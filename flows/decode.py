@@ -212,7 +212,7 @@ class BatchDecoder:
         machine_ok = pc.match_substring_regex(table["machine_id"], MACHINE_ID_PATTERN)
         fail(~_np_bool(machine_ok, null_as=True), BAD_MACHINE_ID)
         if signed_by is not None:
-            signer = pa.array([signed_by[i] for i in rows], pa.string())
+            signer = pa.array(list(map(signed_by.__getitem__, rows)), pa.string())
             fail(~_np_bool(pc.equal(table["machine_id"], signer), null_as=False), IDENTITY_MISMATCH)
         fail(~_np_bool(pc.is_in(table["status"], value_set=_STATUS_SET), null_as=True), BAD_STATUS)
         for sensor in SENSORS:
