@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench fuzz lint clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
+
+# Hostile input beyond the test suite's sample: >= 100,000 generated inputs through decode (bench/fuzz.py).
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -114,7 +114,7 @@ class KeyRegistry:
         return active[-1] if active else None
 
     def _new_key(self, machine_id: str) -> DeviceKey:
-        if not _MACHINE_ID.match(machine_id):
+        if not _MACHINE_ID.fullmatch(machine_id):
             raise ValueError(f"keys: machine_id {machine_id!r} does not match {MACHINE_ID_PATTERN}")
         number = 1 + max((int(k.key_id.rsplit(".k", 1)[1]) for k in self.of_machine(machine_id)), default=0)
         key = DeviceKey(f"{machine_id}.k{number}", machine_id, secrets.token_bytes(SECRET_BYTES), ACTIVE,

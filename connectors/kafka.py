@@ -160,7 +160,7 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
         keys: list[bytes | None] = [m.key() for m in msgs]
         headers = [m.headers() for m in msgs]  # the device signature (plantpulse.device_signing)
         batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys,
-                         cast("list[list[tuple[str, bytes]] | None]", headers))
+                         cast("list[list[tuple[str, bytes | None]] | None]", headers))
         self._next_offset = offsets[-1] + 1
         self._consumed.inc(len(offsets))
         # A short poll means the local queue is drained: wait a moment so the next batch is a useful size

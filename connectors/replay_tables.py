@@ -88,13 +88,24 @@ def machine_id_from(name: str) -> str:
     """
     normal = re.sub(r"[^A-Za-z0-9_.:-]+", "_", name)[-64:]
     normal = re.sub(r"^[^A-Za-z0-9]+", "", normal)
-    if not _MACHINE_ID.match(normal):
+    if not _MACHINE_ID.fullmatch(normal):  # fullmatch: Python's `$` would let a trailing newline through
         raise ValueError(f"replay: cannot make a machine id from {name!r}; give the file a machine_id column")
     return normal
 
 
 def read_table_file(path: Path, default_machine: str) -> TableFile:
-    """Read one CSV/Parquet file (module docstring); `default_machine` when it has no machine_id column."""
+    """Read one CSV/Parquet file (module docstring); `default_machine` when it has no machine_id column.
+
+    Whatever the file holds, the outcome is its readings or a ValueError naming the file (the CLI prints it
+    as one line): a damaged or hostile file (bytes that are not UTF-8, numbers no column type holds) must not
+    end the replay with a traceback from the CSV reader (tests/test_hostile_input.py fuzzes this)."""
+    try:
+        return _read_table_file(path, default_machine)
+    except (pa.ArrowException, UnicodeDecodeError) as error:
+        raise ValueError(f"replay: cannot read {path}: {error}") from error
+
+
+def _read_table_file(path: Path, default_machine: str) -> TableFile:
     table = _read(path)
     names: dict[str, str] = {}  # normalised name -> original column
     for original in table.column_names:
@@ -117,6 +128,12 @@ def read_table_file(path: Path, default_machine: str) -> TableFile:
         machine_ids = get("machine_id").cast(pa.string())
         if machine_ids.null_count:
             raise ValueError(f"replay: {path} column machine_id has {machine_ids.null_count} empty value(s)")
+        # The ids go where the flow's go (windows, alerts, ClickHouse): held to the pattern the decoder enforces.
+        bad = pc.invert(pc.match_substring_regex(machine_ids, MACHINE_ID_PATTERN))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise ValueError(f"replay: {path} row {row + 1}: machine_id {machine_ids[row].as_py()[:80]!r} does not "
+                             f"match {MACHINE_ID_PATTERN}")
     else:
         machine_ids = pa.chunked_array([pa.array([default_machine] * n, pa.string())])
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
@@ -178,7 +195,16 @@ def _read(path: Path) -> pa.Table:
 def epoch_ms(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
     """Epoch milliseconds from numbers (epoch ms), timestamps or ISO 8601 text (UTC when without zone)."""
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-        return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        # An empty cell or NaN would become an arbitrary int64 in NumPy's cast: refuse them, like empty text.
+        empty = column.null_count
+        if pa.types.is_floating(column.type):
+            empty += pc.sum(pc.is_nan(column)).as_py() or 0
+        if empty:
+            raise ValueError(f"replay: {what} has {empty} empty timestamp(s)")
+        try:
+            return np.asarray(column.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        except pa.ArrowInvalid as error:  # a fraction of a millisecond, inf, or beyond the int64 range
+            raise ValueError(f"replay: {what} is not whole epoch milliseconds: {error}") from error
     if pa.types.is_timestamp(column.type):
         if column.type.tz is None:
             column = pc.assume_timezone(column, "UTC")

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck
+from flows.input_guards import BOM, INT64, MAX_NESTING, OBJECT_FIRST, is_utf8, too_deep
 from plantpulse.schema import (
     CHANNEL_LIMIT,
     CHANNEL_NAME_PATTERN,
@@ -106,8 +107,6 @@ _READ_OPTIONS = pa_json.ReadOptions(use_threads=True, block_size=1 << 18)  # blo
 _LOOSE_DECODER = msgspec.json.Decoder(_LooseReading)
 _CHANNEL_NAME = re.compile(CHANNEL_NAME_PATTERN)
 _CHANNELS_KEY = b'"channels"'
-
-
 class _Channels(msgspec.Struct):
     """Only the optional `channels` object of a message (the rest is read by the batch reader)."""
 
@@ -149,6 +148,8 @@ class BatchDecoder:
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
+        if len(oversized):  # what is over the limit is neither scanned nor copied again
+            joined = b"\n".join(values[i] for i in candidates)
         signed_by = None
         if self.signatures is not None:
             # Before parsing: bytes that no device vouches for are never parsed.
@@ -159,6 +160,14 @@ class BatchDecoder:
                 candidates = [i for i in candidates if i in verdicts.signed_by]
                 joined = b"\n".join(values[i] for i in candidates) if candidates else b""
             signed_by = verdicts.signed_by
+        # Depth is bounded before parsing too: parsers recurse per level (msgspec fails at a depth that depends
+        # on the caller's stack), so a deep message is refused here, like an oversized one.
+        deep = set(too_deep(values, joined, candidates)) if candidates else set()
+        if deep:
+            for i in sorted(deep):
+                dead.append(_dead(batch, i, SCHEMA, f"nested deeper than {MAX_NESTING} levels"))
+            candidates = [i for i in candidates if i not in deep]
+            joined = b"\n".join(values[i] for i in candidates)
         channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
         table = self._parse(batch, candidates, dead, joined)
         readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, signed_by)
@@ -270,8 +279,14 @@ def _read_channels(batch: RawBatch, candidates: list[int], dead: list[DeadLetter
     for i in candidates:
         if _CHANNELS_KEY not in values[i]:
             continue
+        if not is_utf8(values[i]):
+            continue  # the batch parse names it (not_json)
         try:
             channels = _CHANNELS_DECODER.decode(values[i]).channels
+        except RecursionError:
+            dead.append(_dead(batch, i, SCHEMA, "nested too deeply to read its channels"))
+            refused.add(i)
+            continue
         except msgspec.ValidationError as error:
             if "channels" in str(error):
                 dead.append(_dead(batch, i, BAD_CHANNELS, f"channels: {error}"))
@@ -279,7 +294,7 @@ def _read_channels(batch: RawBatch, candidates: list[int], dead: list[DeadLetter
             continue  # another field is wrong: the batch parse names it
         except msgspec.DecodeError:
             try:  # Python's parser accepts NaN/Infinity, which JSON does not (and pyarrow would skip them here)
-                parsed = json.loads(values[i])
+                parsed = json.loads(values[i].decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError):
                 continue  # not JSON at all: the batch parse names it
             if isinstance(parsed, dict) and "channels" in parsed:
@@ -357,6 +372,8 @@ def _read_json_lines(values: Sequence[bytes], joined: bytes | None = None) -> pa
         # Raw line breaks are only legal as JSON whitespace (inside strings they must be escaped), so
         # blanking them keeps every document's meaning and restores one line per message.
         joined = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
+    if OBJECT_FIRST.match(joined) is None or not is_utf8(joined):
+        return None  # the per-message look names the culprit
     try:
         table = pa_json.read_json(io.BytesIO(joined), read_options=_READ_OPTIONS, parse_options=_PARSE_OPTIONS)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -366,20 +383,32 @@ def _read_json_lines(values: Sequence[bytes], joined: bytes | None = None) -> pa
 
 def _classify_unparseable(value: bytes) -> tuple[str, str] | None:
     """Why a single message cannot be decoded, or None when it can."""
+    if value.startswith(BOM) or not is_utf8(value):
+        return (NOT_JSON, "not UTF-8 JSON text (invalid UTF-8, or a byte-order mark)")
     try:
-        _LOOSE_DECODER.decode(value)
+        reading = _LOOSE_DECODER.decode(value)
     except msgspec.ValidationError as error:
-        return (SCHEMA, str(error))
+        text = str(error)
+        if text.startswith("Number out of range - at `$.") and text.rsplit("`$.", 1)[1].rstrip("`") in SENSORS:
+            return (NON_FINITE, f"{text}: beyond float64, so infinite")  # as the batch reader reads it
+        return (SCHEMA, text)
+    except RecursionError:
+        # Deeper than msgspec decodes; the batch reader takes any depth the size limit lets through.
+        return None if _read_json_lines([value]) is not None else (SCHEMA, "nested too deeply to decode")
     except msgspec.DecodeError as error:
         try:
-            parsed = json.loads(value)  # Python's parser accepts NaN/Infinity, which JSON does not
-        except (ValueError, UnicodeDecodeError):
+            parsed = json.loads(value.decode("utf-8"))  # Python's parser accepts NaN/Infinity, which JSON does not
+        except (ValueError, RecursionError):
             return (NOT_JSON, str(error))
         if isinstance(parsed, dict) and any(
             isinstance(parsed.get(s), float) and not math.isfinite(parsed[s]) for s in SENSORS
         ):
             return (NON_FINITE, "sensor value is NaN or infinite")
         return (SCHEMA, str(error))
+    for name in ("ts", "seq", "v"):
+        number = getattr(reading, name)
+        if number is not None and not INT64[0] <= number < INT64[1]:
+            return (SCHEMA, f"{name}={str(number)[:40]}... does not fit a 64-bit integer")
     return None
 
 

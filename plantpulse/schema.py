@@ -341,7 +341,7 @@ class RawBatch(msgspec.Struct, frozen=True):
     offsets: list[int]
     values: list[bytes] | BinaryValues
     keys: list[bytes | None] | BinaryValues | None = None
-    headers: list[list[tuple[str, bytes]] | None] | None = None
+    headers: list[list[tuple[str, bytes | None]] | None] | None = None  # Kafka allows a header without a value
 
 
 def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Array:

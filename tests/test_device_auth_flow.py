@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,13 @@ def _signed(key_id: str, secret: bytes, value: bytes) -> list[tuple[str, bytes]]
     return [("pp-kid", key_id.encode()), ("pp-sig", hmac.new(secret, value, hashlib.sha256).hexdigest().encode())]
 
 
-def test_signed_fleet_passes_and_forgeries_are_dead_lettered(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_signed_fleet_passes_and_forgeries_are_dead_lettered(broker: EmbeddedBroker, chdb_dir: Path,
+                                                              tmp_path: Path) -> None:
     keys_file = tmp_path / "device-keys.json"
     settings = isolated_settings(broker.bootstrap, tmp_path, label="devauth", create_topics=True,
-                                 device_auth="required", device_keys_file=keys_file, metrics_port=0)
+                                 device_auth="required", device_keys_file=keys_file, metrics_port=0,
+                                 clickhouse_url=f"chdb://{chdb_dir}",  # the session's one embedded engine
+                                 clickhouse_database=f"devauth_{uuid.uuid4().hex[:8]}")
     fleet = build_fleet(6, seed=3)
     start_ms = int(time.time() * 1000) - 120_000
     simulator = Simulator(fleet, seed=3, faults="none", start_ts_ms=start_ms)
