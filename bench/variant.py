@@ -38,7 +38,7 @@ from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import load_rules
 from flows.window_state import WindowConfig
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
+from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign, signature_fields
 from plantpulse.schema import RawBatch
 from plantpulse.settings import PACKAGED_RULES_FILE, Settings
 
@@ -75,12 +75,15 @@ class KafkaLikePolls:
                 rows = self.rows[p][cursor[p] : cursor[p] + BATCH]
                 if len(rows):
                     values = self.raw.take(pa.array(rows)).to_pylist()
-                    headers = None
+                    key_ids = signatures = None
                     if self.signatures is not None:
-                        # What the Kafka consumer hands over: each message's header list (timed here, as there).
-                        key_ids, signatures = (column.take(pa.array(rows)).to_pylist() for column in self.signatures)
-                        headers = [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(key_ids, signatures)]
-                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values, None, headers)
+                        # What the Kafka source does (timed here, as there): each message's header list, as
+                        # `Message.headers()` gives it, reduced to the two flat lists the flow takes.
+                        kids, sigs = (column.take(pa.array(rows)).to_pylist() for column in self.signatures)
+                        key_ids, signatures = signature_fields(
+                            [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(kids, sigs)])
+                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values,
+                                   key_ids=key_ids, signatures=signatures)
                     cursor[p] += len(rows)
 
 

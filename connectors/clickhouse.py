@@ -44,9 +44,10 @@ _ROW_STATEMENT = re.compile(r"^\(*\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXI
 _SELECT_STATEMENT = re.compile(r"^\(*\s*(SELECT|WITH)\b", re.IGNORECASE)
 
 
-def run_sql(settings: Settings, query: str) -> tuple[list[str], list[tuple]]:
+def run_sql(settings: Settings, query: str, parameters: dict | None = None) -> tuple[list[str], list[tuple]]:
     """Run one statement for `plantpulse sql`: returns (column names, rows); ([], []) for statements
-    that return no result set (DDL, INSERT, OPTIMIZE, SYSTEM ...).
+    that return no result set (DDL, INSERT, OPTIMIZE, SYSTEM ...). Values go in `parameters`, referenced
+    as `{name:Type}` in the query, never into its text.
 
     Unqualified table names resolve in `settings.clickhouse_database` once it exists. With embedded chDB
     this raises `EmbeddedDatabaseBusy` while a flow or demo holds the data directory.
@@ -61,13 +62,13 @@ def run_sql(settings: Settings, query: str) -> tuple[list[str], list[tuple]]:
         if client.command(f"EXISTS DATABASE {quote_database(database)}") == 1:
             client.database = database
         if not _ROW_STATEMENT.match(statement):
-            client.command(statement)
+            client.command(statement, parameters=parameters)
             return [], []
-        result = client.query(statement)
+        result = client.query(statement, parameters=parameters)
         columns = list(result.column_names)
         if not columns and _SELECT_STATEMENT.match(statement):
             # chDB reports no columns for an empty result; DESCRIBE names them without running the query.
-            columns = [row[0] for row in client.query(f"DESCRIBE TABLE ({statement})").result_rows]
+            columns = [row[0] for row in client.query(f"DESCRIBE TABLE ({statement})", parameters=parameters).result_rows]
         return columns, [tuple(row) for row in result.result_rows]
     finally:
         client.close()

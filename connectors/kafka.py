@@ -46,6 +46,7 @@ from connectors.topics import (
     partition_ids,
     read_topic,
 )
+from plantpulse.device_signing import signature_fields
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
 from plantpulse.stopping import stop_requested
@@ -158,9 +159,10 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
             # malformed (dead letter) instead of tripping over None. The scan is C-speed and rarely hits.
             values = [b"" if v is None else v for v in values]
         keys: list[bytes | None] = [m.key() for m in msgs]
-        headers = [m.headers() for m in msgs]  # the device signature (plantpulse.device_signing)
+        # The device signature (plantpulse.device_signing), as two flat lists: the header lists are dropped here.
+        key_ids, signatures = signature_fields([m.headers() for m in msgs])  # type: ignore[misc]
         batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys,
-                         cast("list[list[tuple[str, bytes | None]] | None]", headers))
+                         key_ids=key_ids, signatures=signatures)
         self._next_offset = offsets[-1] + 1
         self._consumed.inc(len(offsets))
         # A short poll means the local queue is drained: wait a moment so the next batch is a useful size

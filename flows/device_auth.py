@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
 from connectors.device_registry import REVOKED, KeyRegistry, RegistryWatcher
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER
+from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, signature_fields
 from plantpulse.schema import RawBatch
 
 try:
@@ -89,48 +89,48 @@ class SignatureCheck:
 
     def check(self, batch: RawBatch, candidates: list[int]) -> Verdicts:
         keys = self._current_keys()
-        fast = self._check_all_well_formed(keys, batch, candidates)
-        return fast if fast is not None else self._check_one_by_one(keys, batch, candidates)
+        if batch.key_ids is not None and batch.signatures is not None:
+            key_ids, signatures = batch.key_ids, batch.signatures
+        elif batch.headers is not None:
+            key_ids, signatures = signature_fields(batch.headers)
+        else:
+            key_ids = signatures = [None] * len(batch.values)
+        fast = self._check_all_well_formed(keys, batch.values, candidates, key_ids, signatures)
+        return fast if fast is not None else self._check_one_by_one(keys, batch.values, candidates, key_ids, signatures)
 
-    def _check_all_well_formed(self, keys: _Keys, batch: RawBatch, candidates: list[int]) -> Verdicts | None:
-        """The common poll, where every message names a known, active key in the documented header order and
-        carries a 64-character signature, checked without Python work per message (None otherwise)."""
-        headers: list[Any] | None = batch.headers
-        values = batch.values
-        if headers is None or len(candidates) != len(values) or not candidates:
+    def _check_all_well_formed(
+        self, keys: _Keys, values: Sequence[bytes], candidates: list[int], key_ids: list[bytes | None],
+        signatures: list[bytes | None],
+    ) -> Verdicts | None:
+        """The common poll, where every message names a known, active key and carries a 64-character signature
+        that verifies, checked without Python work per message (None otherwise: the slow path names each)."""
+        if len(candidates) != len(values) or not candidates or None in signatures:
             return None
-        try:
-            first, second = list(map(itemgetter(0), headers)), list(map(itemgetter(1), headers))
-            if list(map(itemgetter(0), first)).count(KEY_ID_HEADER) != len(first) or \
-                    list(map(itemgetter(0), second)).count(SIGNATURE_HEADER) != len(second):
-                return None
-        except (TypeError, IndexError):  # a message without headers, or with fewer than two
+        if None in key_ids:
             return None
-        found = list(map(keys.row.get, map(itemgetter(1), first)))
+        found = list(map(keys.row.get, cast("list[bytes]", key_ids)))
         if None in found:
             return None
         rows = cast("list[int]", found)
-        signatures = list(map(itemgetter(1), second))
-        if None in signatures:  # a header without a value (Kafka allows it): the slow path calls it unsigned
-            return None
+        signed = cast("list[bytes]", signatures)
         if any(keys.revoked[row] for row in set(rows)) or \
-                not (np.fromiter(map(len, signatures), np.int64, len(signatures)) == _HEX_SIGNATURE_BYTES).all():
+                not (np.fromiter(map(len, signed), np.int64, len(signed)) == _HEX_SIGNATURE_BYTES).all():
             return None
-        valid = self._verify(keys, values if isinstance(values, list) else list(values), rows, signatures)
+        valid = self._verify(keys, values if isinstance(values, list) else list(values), rows, signed)
         if not valid.all():
-            return None  # the slow path names each bad signature
+            return None
         return Verdicts(dict(zip(candidates, map(keys.machine.__getitem__, rows))), [])
 
-    def _check_one_by_one(self, keys: _Keys, batch: RawBatch, candidates: list[int]) -> Verdicts:
-        values, headers = batch.values, batch.headers
+    def _check_one_by_one(
+        self, keys: _Keys, values: Sequence[bytes], candidates: list[int], key_ids: list[bytes | None],
+        all_signatures: list[bytes | None],
+    ) -> Verdicts:
         refused: list[tuple[int, str, str]] = []
         pending: list[int] = []  # messages whose HMAC decides
         rows: list[int] = []
         signatures: list[bytes] = []
         for i in candidates:
-            fields = headers[i] if headers is not None else None
-            named = dict(fields or ())
-            key_id, signature = named.get(KEY_ID_HEADER), named.get(SIGNATURE_HEADER)
+            key_id, signature = key_ids[i], all_signatures[i]
             if key_id is None or signature is None:
                 refused.append((i, UNSIGNED, f"no {KEY_ID_HEADER} and {SIGNATURE_HEADER} headers"))
                 continue

@@ -570,10 +570,10 @@ def _summary(console: Console, settings: Settings, state: _Live, started_ms: int
         console.print(f"\n[bold]{query}[/]")
         console.print(result_table(columns, rows))
     # This run's incidents only: the embedded database keeps those of earlier demos in the same DATA_DIR.
-    query = (f"SELECT kind, rule_id, status, count() FROM incidents FINAL WHERE opened_at >= "
-             f"fromUnixTimestamp64Milli(toInt64({started_ms}), 'UTC') GROUP BY kind, rule_id, status "
+    query = ("SELECT kind, rule_id, status, count() FROM incidents FINAL WHERE opened_at >= "
+             "fromUnixTimestamp64Milli({started_ms:Int64}, 'UTC') GROUP BY kind, rule_id, status "
              "ORDER BY kind, rule_id, status")
-    columns, rows = run_sql(settings, query)
+    columns, rows = run_sql(settings, query, parameters={"started_ms": started_ms})
     console.print("\n[bold]incidents of this run[/]")
     console.print(result_table(columns, rows))
     ratio = f" ({counters.alerts / board.opened:,.1f} alerts per incident)" if board.opened else ""

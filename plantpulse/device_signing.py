@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Sequence
+from operator import itemgetter
 
 KEY_ID_HEADER = "pp-kid"
 SIGNATURE_HEADER = "pp-sig"
@@ -53,3 +55,30 @@ def decode_secret(text: str) -> bytes:
     if len(secret) != SECRET_BYTES:
         raise ValueError(f"device key secret has {len(secret)} bytes, expected {SECRET_BYTES}")
     return secret
+
+
+Headers = Sequence[tuple[str, "bytes | None"]] | None
+
+
+def signature_fields(headers: Sequence[Headers]) -> tuple[list[bytes | None], list[bytes | None]]:
+    """Each message's `pp-kid` and `pp-sig` values (None where missing) from its Kafka headers: two flat lists,
+    so a poll holds no per-message containers. Headers in the documented order are read without Python work
+    per message; others are looked up by name.
+
+    >>> signature_fields([[("pp-kid", b"M1.k1"), ("pp-sig", b"ab")], None, [("pp-sig", b"cd"), ("x", b"")]])
+    ([b'M1.k1', None, None], [b'ab', None, b'cd'])
+    """
+    try:
+        first, second = list(map(itemgetter(0), headers)), list(map(itemgetter(1), headers))  # type: ignore[arg-type]
+        if list(map(itemgetter(0), first)).count(KEY_ID_HEADER) == len(first) and \
+                list(map(itemgetter(0), second)).count(SIGNATURE_HEADER) == len(second):
+            return list(map(itemgetter(1), first)), list(map(itemgetter(1), second))
+    except (TypeError, IndexError):  # a message without headers, or with fewer than two
+        pass
+    key_ids: list[bytes | None] = []
+    signatures: list[bytes | None] = []
+    for fields in headers:
+        named = dict(fields or ())
+        key_ids.append(named.get(KEY_ID_HEADER))
+        signatures.append(named.get(SIGNATURE_HEADER))
+    return key_ids, signatures

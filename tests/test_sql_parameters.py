@@ -58,7 +58,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("bench/dashboard_queries.py", "sql"): "a dashboard query expanded by grafana.macros as Grafana expands it",
     ("grafana/snapshot.py", "expand()"): "a dashboard query expanded by grafana.macros as Grafana expands it",
     # Values, made by the process itself.
-    ("plantpulse/demo.py", "started_ms"): _OWN_NUMBER,
     ("bench/e2e.py", "settings.window_seconds * 1000"): _OWN_NUMBER,
     ("bench/e2e.py", "2 * window_ms"): _OWN_NUMBER,
     ("bench/e2e.py", "recording"): "the path of the Parquet recording the benchmark wrote itself, in file(); "
