@@ -156,8 +156,11 @@ def test_keys_cli_never_prints_secrets_unless_asked(tmp_path: Path, monkeypatch:
 
 def test_the_compiled_verifier_is_built() -> None:
     """CI builds flows._hmac_batch (a C compiler and libssl-dev); without it the flow verifies in Python."""
-    from flows import _hmac_batch  # type: ignore[attr-defined]
-
+    try:
+        from flows import _hmac_batch  # type: ignore[attr-defined]
+    except ImportError:
+        pytest.fail("flows._hmac_batch was not built: install a C compiler and OpenSSL's headers (Debian: gcc "
+                    "libssl-dev), then `rm -rf .venv && make test`")
     assert _hmac_batch.verify.__doc__
 
 
