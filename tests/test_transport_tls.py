@@ -106,7 +106,10 @@ def test_kafka_clients_authenticate_with_scram_over_verified_tls(kafka_tls: Kafk
         assert (step, mechanism[2:]) == ("handshake", b"SCRAM-SHA-512"), prefix
         assert step2 == "authenticate" and first[4:].startswith(b"n,,n=flow-writer,r="), (prefix, first)
         assert b"not-sent-in-scram" not in first
-    assert kafka_tls.tls.handshakes and not kafka_tls.tls.failures
+    # A connection librdkafka drops mid-handshake while the clients are torn down ends in an EOF on our side;
+    # any other failure (a refused certificate) would be a real one.
+    assert kafka_tls.tls.handshakes and all(_aborted(failure) for failure in kafka_tls.tls.failures), \
+        kafka_tls.tls.failures
     (config,) = configs
     assert {k: config[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username", "ssl.ca.location")} == {
         "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "flow-writer",
@@ -123,7 +126,11 @@ def test_kafka_refuses_a_broker_its_ca_did_not_sign(kafka_tls: KafkaTlsListener,
     with pytest.raises(ConnectionError):
         partition_ids(settings, "telemetry", timeout_s=1.5)
     assert kafka_tls.tls.failures and not kafka_tls.tls.successes
-    assert all("UNKNOWN_CA" in failure.upper() for failure in kafka_tls.tls.failures), kafka_tls.tls.failures
+    # The client's 'unknown ca' alert; a connection it dropped before even that (torn down at the timeout)
+    # ends in an EOF. Either way no Kafka request arrived (below).
+    failures = kafka_tls.tls.failures
+    assert any("UNKNOWN_CA" in f.upper() for f in failures), failures
+    assert all("UNKNOWN_CA" in f.upper() or _aborted(f) for f in failures), failures
     assert kafka_tls.requests == []
 
 
@@ -327,3 +334,8 @@ def test_flow_lake_writers_take_the_ca_bundle_from_settings(s3_https: tuple[str,
     quarantine = UndeliverableQuarantine.from_settings(settings)
     assert quarantine.fs.call_s3("head_bucket", Bucket="flow") is not None
     assert log.successes and not log.failures
+
+
+def _aborted(failure: str) -> bool:
+    """A handshake the client abandoned (closed the socket) rather than one that failed on a certificate."""
+    return "UNEXPECTED_EOF" in failure.upper() or "EOF OCCURRED" in failure.upper()
