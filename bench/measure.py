@@ -130,17 +130,22 @@ def engine(readings: int, machines: int, runs: int, per_event_runs: int) -> dict
     }
 
 
+def _interleaved(names: tuple[str, ...], data: Path, runs: int) -> list[dict]:
+    """`runs` runs of each variant, interleaved (A, B, A, B, ...) so that a noisy stretch of the shared machine
+    hits all of them; the medians per variant, in `names` order."""
+    measured: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(runs):
+        for name in names:
+            measured[name].append(run_variant(name, data, 1)[0])
+    return [_median_of(measured[name]) for name in names]
+
+
 def device_auth(readings: int, machines: int, runs: int) -> dict:
     """The engine flow with and without device-signature verification (every message signed by its machine's
     key, verified in the decode step), interleaved so a noisy stretch of the shared machine hits both."""
     data = recording(readings, machines)
     print("device signature verification (engine flow, broker bypassed):", flush=True)
-    names = ("flow", "flow_signed")
-    measured: dict[str, list[dict]] = {name: [] for name in names}
-    for _ in range(runs):
-        for name in names:
-            measured[name].append(run_variant(name, data, 1)[0])
-    unsigned, signed = (_median_of(measured[name]) for name in names)
+    unsigned, signed = _interleaved(("flow", "flow_signed"), data, runs)
     return {
         "input": {"file": data.name, "readings": readings, "machines": machines},
         "unsigned": unsigned,
@@ -157,13 +162,8 @@ def recovery_cost(readings: int, machines: int, runs: int) -> dict:
     its size on disk, the largest snapshot per step, and the time one snapshot costs."""
     data = recording(readings, machines)
     print("recovery cost (lake sink on, 10 s snapshots):", flush=True)
-    # Interleaved (A, B, A, B, ...) so that a noisy stretch of the shared machine hits both variants.
     names = ("flow_lake_10s", "flow_lake_recovery_10s")
-    measured: dict[str, list[dict]] = {name: [] for name in names}
-    for _ in range(runs):
-        for name in names:
-            measured[name].append(run_variant(name, data, 1)[0])
-    without, with_recovery = (_median_of(measured[name]) for name in names)
+    without, with_recovery = _interleaved(names, data, runs)
     stores = [run["recovery_store"] for run in with_recovery["runs"]]
     epochs = statistics.median(store["epochs_committed"] for store in stores)
     extra_seconds = with_recovery["seconds"] - without["seconds"]

@@ -130,6 +130,13 @@ class KeyRegistry:
             raise ValueError(f"keys: {machine_id} already has an active key; rotate it instead")
         return self._new_key(machine_id)
 
+    def ensure(self, machine_ids: list[str]) -> int:
+        """A first key for each machine without an active one; returns how many were issued."""
+        missing = [m for m in machine_ids if not self.active(m)]
+        for machine_id in missing:
+            self.create(machine_id)
+        return len(missing)
+
     def rotate(self, machine_id: str) -> DeviceKey:
         """Issue a new key beside the current one; ValueError when two are active already (revoke one first)."""
         active = self.active(machine_id)

@@ -191,10 +191,7 @@ class _Live:
 def issue_demo_keys(path: Path, machine_ids: list[str]) -> None:
     """A device key for every demo machine that has no active one (a rerun keeps the existing keys)."""
     registry = KeyRegistry.load(path)
-    missing = [m for m in machine_ids if registry.signing_key(m) is None]
-    for machine_id in missing:
-        registry.create(machine_id)
-    if missing or not path.exists():
+    if registry.ensure(machine_ids) or not path.exists():
         registry.save(path)
 
 

@@ -261,8 +261,7 @@ def device_signers(
             "or set DEVICE_AUTH=off"
         )
     if missing:
-        for machine_id in missing:
-            registry.create(machine_id)
+        registry.ensure(missing)
         registry.save(path)
         log.info("created device keys for %d simulated machines in %s", len(missing), path)
     signers = {}
