@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv demo test bench fuzz lint clean
+.PHONY: venv demo test bench fuzz lint lock clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ bench: $(STAMP)
 # Hostile input beyond the test suite's sample: >= 100,000 generated inputs through decode (bench/fuzz.py).
 fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz $(ARGS)
+
+# The image's pinned dependencies (docker/requirements.lock, with hashes) from pyproject.toml; ARGS=--upgrade: newest.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[lock]" && $(BIN)/python docker/lock.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -249,3 +249,12 @@ def end_to_end() -> dict:
 
     print("end-to-end benchmark (embedded broker, chDB):", flush=True)
     return run_e2e()
+
+
+def live_scaling(readings: int, machines: int, runs: int) -> dict:
+    """`plantpulse run` as 1 and as 2 processes (StatefulSet environment on loopback) on the same pre-produced
+    backlog in the embedded broker, runs interleaved (`bench.live_scaling`)."""
+    from bench.live_scaling import ScalingConfig, measure  # starts a broker; imported only when this section runs
+
+    print("live-flow scaling (embedded broker, chDB, lake on file://; 1 vs 2 processes):", flush=True)
+    return measure(ScalingConfig(readings=readings, machines=machines, runs=runs))

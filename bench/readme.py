@@ -545,12 +545,86 @@ def device_auth(results: Results) -> str:
     ])
 
 
+def live_scaling(results: Results) -> str:
+    """Readings/s of the live flow as 1 and as 2 processes on one backlog (`bench/live_scaling.py`)."""
+    r = results.get("live_scaling")
+    if not r:
+        return missing("live_scaling", "python -m bench.run --only live-scaling")
+    put, setup, by = r["input"], r["setup"], r["by_processes"]
+    counts = sorted(by, key=int)
+    runs = [run for count in counts for run in by[count]["runs"]]
+    cores = r["machine"]["cores"]
+
+    def cpu_us(runs: list[dict]) -> float:  # the flow processes' CPU time per reading, median over the runs
+        return statistics.median(x["flow_cpu_cores"] * 1e6 / x["readings_per_s"] for x in runs)
+
+    rows = [
+        f"| {count} | **{n(s['readings_per_s'])}** | {', '.join(kilo(x['readings_per_s']) for x in s['runs'])} | "
+        f"{dec(s['seconds'], 1)} | {', '.join(dec(x['loadavg_before'][0], 2) for x in s['runs'])} | "
+        f"{dec(s['flow_cpu_cores'], 2)} | {whole(cpu_us(s['runs']))} | {dec(s['broker_cpu_cores'], 2)} | "
+        f"{s['machine_busy_share']:.0%} |"
+        for count, s in ((count, by[count]) for count in counts)
+    ]
+    # Busy core time not spent by the flow or the broker while timed: other work on the shared machine.
+    others = statistics.median(x["machine_busy_share"] * cores - x["flow_cpu_cores"] - x["broker_cpu_cores"]
+                               for x in runs)
+    other = (f" (other work took about {dec(others, 1)} cores during the median run)" if others >= 0.2 else "")
+    decided = all(x["accepted"] == put["readings"] for x in runs)
+    killed = [x for x in runs if any(code != 0 for code in x["exit_codes"])]
+    lines = [
+        f"Live flow, 1 vs 2 processes (`live_scaling`, `bench/live_scaling.py`): `plantpulse run` as the StatefulSet "
+        "runs it (pod environment on loopback: `BYTEWAX_POD_NAME`, `BYTEWAX_REPLICAS`, a `RECOVERY_DIR` per pod, "
+        f"{setup['workers_per_process']} worker per process, recovery on, `DEVICE_AUTH={put['device_auth']}`, "
+        "ClickHouse on chDB, the lake on file://) reads one backlog of "
+        f"{n(put['readings'])} signed readings of {n(put['machines'])} machines, produced once into the embedded "
+        f"tansu broker ({put['partitions']} partitions); fresh recovery stores, database and lake for every run; "
+        f"medians of {len(by[counts[0]]['runs'])} runs each, interleaved. Readings/s: the processes' "
+        "`plantpulse_readings_received_total`, summed, from the first poll counted (its readings not included) to "
+        "the whole backlog counted; start-up and the stop are not timed.",
+        "",
+        "| processes | readings/s (median) | runs | seconds | load average before (1 min) | flow CPU (cores) | "
+        "flow CPU per reading (µs) | broker CPU (cores) | machine busy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        f"| {counts[-1]} vs {counts[0]} | **{dec(r['speedup'], 2)}×** | | | | | | | |",
+        "",
+        f"This machine has **{cores} cores**, shared by the flow processes, the broker, the benchmark's own "
+        "sampling and whatever else runs on it: \"machine busy\" is the share of all cores' time that was busy "
+        f"while a run was timed, everything included{other}. A second process can add at most one core here, and "
+        "every reading also costs broker CPU, so the ratio says little about machines with more cores, where the "
+        f"topic's partitions ({put['partitions']} here) and the recovery partitions bound the processes. The counter "
+        "moves once per poll (up to `KAFKA_BATCH_SIZE` messages of a partition), so the timing is coarse at this "
+        "backlog; `--scaling-readings` makes it longer.",
+    ]
+    if decided:
+        outcome = f"Every run accepted all {n(put['readings'])} readings (no dead letters, no duplicates)."
+    else:
+        outcome = ("**Not every reading was accepted in every run**: accepted / dead letters per run "
+                   + ", ".join(f"{n(x['accepted'])} / {n(x['dead_letters'])}" for x in runs)
+                   + "".join(f" ({', '.join(f'{k}: {n(v)}' for k, v in x['dead_letters_by_reason'].items())})"
+                             for x in runs if x.get("dead_letters_by_reason")) + ".")
+    if killed:
+        outcome += (f" In {len(killed)} of {len(runs)} runs a process did not exit within "
+                    f"{r['config']['stop_grace_s']:g} s of SIGTERM once the backlog was counted (killed then; the "
+                    "measurement had ended).")
+    high = by[counts[-1]]["runs"]
+    fastest, slowest = max(high, key=lambda x: x["readings_per_s"]), min(high, key=lambda x: x["readings_per_s"])
+    versus_low = fastest["readings_per_s"] / by[counts[0]]["readings_per_s"]
+    spread = (f"The {counts[-1]}-process runs range from {n(slowest['readings_per_s'])} to "
+              f"{n(fastest['readings_per_s'])} readings/s: the fastest had the flow processes on "
+              f"{dec(fastest['flow_cpu_cores'], 2)} cores ({dec(versus_low, 2)}× the {counts[0]}-process median), the "
+              f"slowest on {dec(slowest['flow_cpu_cores'], 2)} cores with the machine "
+              f"{slowest['machine_busy_share']:.0%} busy.")
+    lines += ["", spread, "", outcome]
+    return "\n".join([*lines, "", source(results, "live_scaling")])
+
+
 BLOCKS: dict[str, Callable[[Results], str]] = {
     "model-quality": model_quality, "oracle": oracle, "tuning": tuning, "effect": effect,
     "replay-speed": replay_speed, "engine": engine, "recovery-cost": recovery_cost, "end-to-end": end_to_end,
     "store-growth": store_growth, "soak": soak, "incident-noise": incident_noise,
     "incident-latency": incident_latency, "dashboard-queries": dashboard_queries, "real-data": real_data,
-    "sim-realism": sim_realism, "device-auth": device_auth,
+    "sim-realism": sim_realism, "device-auth": device_auth, "live-scaling": live_scaling,
 }
 _BEGIN = "<!-- bench:{name} begin: generated by `python -m bench.readme` from bench/results; edit bench/readme.py -->"
 _END = "<!-- bench:{name} end -->"

@@ -39,7 +39,8 @@ from pathlib import Path
 
 FORMAT = 2
 SECTIONS = ("engine", "recovery_cost", "replay", "model_quality", "tuning", "end_to_end", "soak", "incident_noise",
-            "incident_latency", "dashboard_queries", "real_data", "sim_realism", "device_auth")
+            "incident_latency", "dashboard_queries", "real_data", "sim_realism", "device_auth",
+            "live_scaling")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LATEST = RESULTS / "latest.json"

@@ -16,7 +16,10 @@ dashboard-queries (`bench/dashboard_queries.py`: every Grafana panel and alert-r
 24 h of a 500-machine hour produced through the broker and the flow into chDB),
 real-data (`bench/real_data.py`: the packaged models on SKAB and NAB from ../shared/datasets, skipped when absent),
 sim-realism (`bench/sim_realism.py`: nuisance faults and transport imperfections on, sensor health, precision at a
-realistic prevalence).
+realistic prevalence),
+live-scaling (`bench/live_scaling.py`: `plantpulse run` as 1 and as 2 processes, StatefulSet environment on loopback,
+reading the same backlog of `--scaling-readings` readings, default 1,000,000, of `--scaling-machines` machines, default
+2,000, from the embedded broker; `--runs` interleaved runs each).
 `--readings N` sets the input of engine, replay and recovery-cost (defaults: 2,000,000 for engine and replay, 8,000,000 for
 recovery-cost, whose 10 s snapshot interval needs a long input; `--recovery-readings` sets it alone).
 
@@ -57,12 +60,14 @@ SECTION_NAMES = {
     "real-data": "real_data",
     "sim-realism": "sim_realism",
     "device-auth": "device_auth",
+    "live-scaling": "live_scaling",
 }
 SKIP_FLAGS = {"engine": "skip_engine", "recovery-cost": "skip_recovery_cost", "replay": "skip_replay",
               "model-quality": "skip_quality", "tuning": "skip_tuning", "end-to-end": "skip_e2e", "soak": "skip_soak",
               "incident-noise": "skip_incident_noise", "incident-latency": "skip_incident_latency",
               "dashboard-queries": "skip_dashboard_queries", "real-data": "skip_real_data",
-              "sim-realism": "skip_sim_realism", "device-auth": "skip_device_auth"}
+              "sim-realism": "skip_sim_realism", "device-auth": "skip_device_auth",
+              "live-scaling": "skip_live_scaling"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-event-runs", type=int, default=1)
     parser.add_argument("--soak-minutes", type=float, default=30.0, help="length of the soak (default 30)")
     parser.add_argument("--soak-rate", type=int, default=20_000, help="readings/s of the soak (default 20,000)")
+    parser.add_argument("--scaling-readings", type=int, default=1_000_000,
+                        help="backlog of live-scaling, read by 1 and by 2 processes (default 1,000,000)")
+    parser.add_argument("--scaling-machines", type=int, default=2_000, help="machines of that backlog (default 2,000)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where latest.json and the run file go (default bench/results; another for trials)")
     for name, flag in SKIP_FLAGS.items():
@@ -87,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.only and any(getattr(args, flag) for flag in SKIP_FLAGS.values()):
         parser.error("--only and --skip-* exclude each other")
-    for flag in ("readings", "recovery_readings", "machines", "runs", "per_event_runs", "soak_minutes", "soak_rate"):
+    for flag in ("readings", "recovery_readings", "machines", "runs", "per_event_runs", "soak_minutes", "soak_rate",
+                 "scaling_readings", "scaling_machines"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -126,6 +135,9 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[str, Callable[[], dict]]]:
         "sim-realism": ("python -m bench.run --only sim-realism", sim_realism.measure),
         "device-auth": (f"python -m bench.run --only device-auth --readings {readings} {common}",
                         lambda: measure.device_auth(readings, args.machines, args.runs)),
+        "live-scaling": (f"python -m bench.run --only live-scaling --scaling-readings {args.scaling_readings} "
+                         f"--scaling-machines {args.scaling_machines} --runs {args.runs}",
+                         lambda: measure.live_scaling(args.scaling_readings, args.scaling_machines, args.runs)),
     }
 
 

@@ -38,7 +38,7 @@ from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import load_rules
 from flows.window_state import WindowConfig
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign, signature_fields
+from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
 from plantpulse.schema import RawBatch
 from plantpulse.settings import PACKAGED_RULES_FILE, Settings
 
@@ -75,15 +75,14 @@ class KafkaLikePolls:
                 rows = self.rows[p][cursor[p] : cursor[p] + BATCH]
                 if len(rows):
                     values = self.raw.take(pa.array(rows)).to_pylist()
-                    key_ids = signatures = None
+                    headers = None
                     if self.signatures is not None:
-                        # What the Kafka source does (timed here, as there): each message's header list, as
-                        # `Message.headers()` gives it, reduced to the two flat lists the flow takes.
+                        # What the Kafka source hands on (timed here, as there): each message's header list, as
+                        # `Message.headers()` gives it.
                         kids, sigs = (column.take(pa.array(rows)).to_pylist() for column in self.signatures)
-                        key_ids, signatures = signature_fields(
-                            [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(kids, sigs)])
+                        headers = [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(kids, sigs)]
                     yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values,
-                                   key_ids=key_ids, signatures=signatures)
+                                   headers=headers)
                     cursor[p] += len(rows)
 
 

@@ -278,7 +278,11 @@ class ClickHouseSinkPartition(StatefulSinkPartition[tuple[str, pa.Table], None])
                 self._stopping = True
                 self._cond.notify_all()
             self._thread.join()
-            self.client.close()
+            # On a Python thread: embedded chDB's close hangs or aborts ("double free or corruption") when called
+            # on a Bytewax cluster worker thread (a Rust thread), where close() runs with -a/BYTEWAX_ADDRESSES.
+            closer = threading.Thread(target=self.client.close, name=f"clickhouse-close {self.name}")
+            closer.start()
+            closer.join()
 
     # --- internals ---
 

@@ -32,6 +32,7 @@ from confluent_kafka import (
 )
 from prometheus_client import Counter, Gauge
 
+from connectors import readiness
 from connectors.kafka_sink import (
     DEADLETTER_HEADERS,
     KafkaDeliveryError,
@@ -46,7 +47,6 @@ from connectors.topics import (
     partition_ids,
     read_topic,
 )
-from plantpulse.device_signing import signature_fields
 from plantpulse.schema import RawBatch
 from plantpulse.settings import Settings
 from plantpulse.stopping import stop_requested
@@ -135,12 +135,14 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
         self._lag = CONSUMER_LAG.labels(topic, str(partition))
         self._lag_due = time.monotonic() + _LAG_REFRESH_S
         consumer.assign([TopicPartition(topic, partition, next_offset)])
+        readiness.partition_assigned(topic, partition)
 
     def next_batch(self) -> list[RawBatch]:
         if self._eof or stop_requested():
             # A clean stop ends the input; the offset snapshot still says where to go on (see plantpulse.stopping).
             raise StopIteration()
         msgs = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+        readiness.partition_polled(self._topic, self._partition)
         if time.monotonic() >= self._lag_due:
             self._refresh_lag()
         # Per-message Python work is this scan plus the comprehensions below. Errors are rare; EOF is the
@@ -159,10 +161,10 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
             # malformed (dead letter) instead of tripping over None. The scan is C-speed and rarely hits.
             values = [b"" if v is None else v for v in values]
         keys: list[bytes | None] = [m.key() for m in msgs]
-        # The device signature (plantpulse.device_signing), as two flat lists: the header lists are dropped here.
-        key_ids, signatures = signature_fields([m.headers() for m in msgs])  # type: ignore[misc]
+        # The device signature (plantpulse.device_signing) travels in the headers; the flow's C check reads them.
+        headers = [m.headers() for m in msgs]
         batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys,
-                         key_ids=key_ids, signatures=signatures)
+                         headers=headers)  # type: ignore[arg-type]
         self._next_offset = offsets[-1] + 1
         self._consumed.inc(len(offsets))
         # A short poll means the local queue is drained: wait a moment so the next batch is a useful size
@@ -208,6 +210,7 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
         return self._next_offset
 
     def close(self) -> None:
+        readiness.partition_closed(self._topic, self._partition)
         self._consumer.close()
 
 
@@ -268,6 +271,7 @@ class TelemetrySource(FixedPartitionedSource[RawBatch, int]):
 
     def list_parts(self) -> list[str]:
         """Every partition of the topic, from cluster metadata (all workers list all of them)."""
+        readiness.source_listed(self._settings, self._topic)
         return [f"{self._topic}-{i}" for i in partition_ids(self._settings, self._topic)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TelemetryPartition:

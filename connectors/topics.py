@@ -1,4 +1,4 @@
-"""Topic-level tools: create PlantPulse's topics if missing, look up partitions, dump a topic.
+"""Topic-level tools: create PlantPulse's topics if missing, check them, look up partitions, dump a topic.
 
 Metadata is always requested for *all* topics and then filtered, because brokers with topic
 auto-creation (tansu, many dev Kafkas) create a topic as a side effect of a metadata request that
@@ -16,24 +16,30 @@ from collections.abc import Iterable
 from typing import NamedTuple, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic, ResourceType
 
 from plantpulse.settings import Settings
 
 __all__ = [
     "KafkaConsumeError",
+    "TopicCheckError",
     "TopicNotFoundError",
     "TopicRecord",
+    "TopicState",
+    "check_flow_topics",
+    "describe_topics",
     "ensure_topics",
+    "flow_topics",
     "partition_count",
     "partition_ids",
     "read_topic",
     "topic_configs",
+    "topic_problems",
 ]
 
 logger = logging.getLogger(__name__)
 
-_DAY_MS = 24 * 3600 * 1000
+_HOUR_MS = 3600 * 1000
 # Kafka's own rule for topic names (and the length limit that keeps partition directory names legal).
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -61,21 +67,33 @@ def check_reachable(settings: Settings, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
-    """Explicit per-topic configs, so retention never silently depends on the broker's defaults.
+def flow_topics(settings: Settings) -> list[str]:
+    """The topics the live flow reads (telemetry, incident commands) and writes (alerts, dead letters, incidents)."""
+    return [settings.telemetry_topic, settings.alerts_topic, settings.deadletter_topic, settings.incidents_topic,
+            settings.incident_commands_topic]
 
-    Telemetry is replayable raw input (the Parquet lake is the long-term copy); alerts and dead letters
-    are small and looked at by people later, so they are kept longer.
+
+def _hours_ms(hours: float) -> str:
+    return str(round(hours * _HOUR_MS))
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Explicit per-topic configs from the settings (`*_RETENTION_HOURS`), so retention never silently depends on
+    the broker's defaults: the flow's topics and the notifier's dead letters.
+
+    None is compacted: every topic is a log of events, not keyed state. The incidents topic is keyed by machine but
+    holds every transition of every incident; `plantpulse alerts list` and the notifier fold all of them, so
+    compaction (which keeps one record per key) would drop whole incidents and undelivered transitions.
     """
-    return {
-        settings.telemetry_topic: {"retention.ms": str(7 * _DAY_MS), "cleanup.policy": "delete"},
-        settings.alerts_topic: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete"},
-        settings.deadletter_topic: {"retention.ms": str(14 * _DAY_MS), "cleanup.policy": "delete"},
-        # Incident transitions are the notifier's input and what `plantpulse alerts list` folds when the
-        # embedded database is busy: kept as long as an open incident can plausibly stay open.
-        settings.incidents_topic: {"retention.ms": str(90 * _DAY_MS), "cleanup.policy": "delete"},
-        settings.incident_commands_topic: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete"},
+    retention = {
+        settings.telemetry_topic: settings.telemetry_retention_hours,
+        settings.alerts_topic: settings.alerts_retention_hours,
+        settings.deadletter_topic: settings.deadletter_retention_hours,
+        settings.incidents_topic: settings.incidents_retention_hours,
+        settings.incident_commands_topic: settings.incident_commands_retention_hours,
+        settings.notify_deadletter_topic: settings.notify_deadletter_retention_hours,
     }
+    return {topic: {"retention.ms": _hours_ms(hours), "cleanup.policy": "delete"} for topic, hours in retention.items()}
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -99,14 +117,18 @@ def _check_names(topics: Iterable[str]) -> None:
 def ensure_topics(
     settings: Settings, partitions: int | None = None, *, timeout_s: float = 10.0,
     only: dict[str, dict[str, str]] | None = None,
-) -> None:
-    """Create the telemetry, alerts, dead-letter and incident topics if missing, and wait until metadata lists them.
+) -> list[str]:
+    """Create PlantPulse's topics (`topic_configs`) if missing, and wait until metadata lists them.
 
-    :arg settings: Cluster connection and topic names.
+    The one topic creator: `plantpulse topics ensure`, `plantpulse sim`, the demo, the notifier and
+    `plantpulse run` with KAFKA_CREATE_TOPICS=true all come here, with the same configs.
+
+    :arg settings: Cluster connection, topic names, TOPIC_REPLICATION_FACTOR and retention settings.
     :arg partitions: Partition count for topics created here; defaults to `settings.topic_partitions`.
-        Existing topics are left as they are (a differing count is logged, not changed).
+        Existing topics are left as they are (see `topic_problems` for the check).
     :arg timeout_s: Overall time limit for creation and metadata propagation.
-    :arg only: Other topics (name -> topic config) to create instead (`plantpulse notify`'s own).
+    :arg only: Other topics (name -> topic config) to create instead.
+    :returns: The topics created by this call.
     :raises ValueError: Invalid topic name or partition count.
     :raises RuntimeError: The broker refused to create a topic (other than "already exists").
     :raises TimeoutError: The topics did not appear in metadata in time.
@@ -121,19 +143,16 @@ def ensure_topics(
 
     existing = _metadata(admin, timeout_s).topics
     missing = [topic for topic in configs if topic not in existing]
-    for topic in configs:
-        if topic in existing and len(existing[topic].partitions) != count:
-            logger.info("topic %r exists with %d partitions (asked for %d); leaving it", topic,
-                        len(existing[topic].partitions), count)
+    created: list[str] = []
     if missing:
-        new = [NewTopic(topic, num_partitions=count, replication_factor=1, config=configs[topic])
+        replication = settings.topic_replication_factor
+        new = [NewTopic(topic, num_partitions=count, replication_factor=replication, config=configs[topic])
                for topic in missing]
-        # Replication factor 1 suits the embedded/single-broker case; production clusters create
-        # their topics through their own tooling and only get here with the topics already present.
         futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
         for topic, future in futures.items():
             try:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
+                created.append(topic)
                 logger.info("created topic %r with %d partitions", topic, count)
             except KafkaException as exc:
                 error = exc.args[0]
@@ -141,7 +160,8 @@ def ensure_topics(
                 if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise RuntimeError(
-                    f"ensure_topics: cannot create topic {topic!r} ({count} partitions): {error}"
+                    f"ensure_topics: cannot create topic {topic!r} ({count} partitions, replication factor "
+                    f"{replication}): {error}"
                 ) from exc
 
     # CreateTopics can return before every broker's metadata cache knows the topic.
@@ -149,7 +169,7 @@ def ensure_topics(
         topics = _metadata(admin, max(0.1, deadline - time.monotonic())).topics
         pending = [t for t in configs if t not in topics or topics[t].error is not None or not topics[t].partitions]
         if not pending:
-            return
+            return created
         if time.monotonic() >= deadline:
             raise TimeoutError(f"ensure_topics: topics {pending} not visible in metadata after {timeout_s} s")
         time.sleep(0.05)
@@ -171,6 +191,95 @@ def partition_ids(settings: Settings, topic: str, *, timeout_s: float = 10.0) ->
 def partition_count(settings: Settings, topic: str, *, timeout_s: float = 10.0) -> int:
     """Number of partitions of an existing topic (raises TopicNotFoundError when it does not exist)."""
     return len(partition_ids(settings, topic, timeout_s=timeout_s))
+
+
+class TopicState(NamedTuple):
+    """An existing topic as the cluster describes it."""
+
+    name: str
+    partitions: int
+    replication_factor: int  # the fewest replicas of any of its partitions
+    configs: dict[str, str]  # the keys `topic_configs` sets, as the broker reports them
+
+
+class TopicCheckError(LookupError):
+    """PlantPulse's topics are missing or not as the settings require (one line, for the command line)."""
+
+
+def describe_topics(
+    settings: Settings, names: Iterable[str], *, timeout_s: float = 10.0, configs: bool = True
+) -> dict[str, TopicState | None]:
+    """Each named topic's partitions, replication factor and (with `configs`) retention and cleanup policy;
+    None for a topic that does not exist. Never creates a topic (metadata is asked for all topics)."""
+    wanted = list(names)
+    _check_names(wanted)
+    admin = _admin(settings)
+    metadata = _metadata(admin, timeout_s).topics
+    states: dict[str, TopicState | None] = {}
+    for name in wanted:
+        topic = metadata.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            states[name] = None
+            continue
+        replicas = min(len(p.replicas) for p in topic.partitions.values())
+        states[name] = TopicState(name, len(topic.partitions), replicas, {})
+    present = [name for name, state in states.items() if state is not None]
+    if configs and present:
+        keys = {key for config in topic_configs(settings).values() for key in config}
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in present],
+                                         request_timeout=timeout_s)
+        for resource, future in futures.items():
+            try:
+                entries = future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                raise ConnectionError(f"cannot describe the configs of topic {resource.name!r}: {exc}") from exc
+            state = states[resource.name]
+            if state is not None:
+                state.configs.update({k: e.value for k, e in entries.items() if k in keys and e.value is not None})
+    return states
+
+
+def topic_problems(settings: Settings, states: dict[str, TopicState | None]) -> list[str]:
+    """What differs from the settings, one line each: a missing topic, fewer partitions than TOPIC_PARTITIONS,
+    fewer replicas than TOPIC_REPLICATION_FACTOR, or another retention or cleanup policy."""
+    wanted = topic_configs(settings)
+    problems = []
+    for name, state in states.items():
+        if state is None:
+            problems.append(f"topic {name!r} does not exist")
+            continue
+        if state.partitions < settings.topic_partitions:
+            problems.append(f"topic {name!r} has {state.partitions} partition(s), fewer than TOPIC_PARTITIONS="
+                            f"{settings.topic_partitions} (add partitions with Kafka's tools; they are never removed)")
+        if state.replication_factor < settings.topic_replication_factor:
+            problems.append(f"topic {name!r} has replication factor {state.replication_factor}, fewer than "
+                            f"TOPIC_REPLICATION_FACTOR={settings.topic_replication_factor}")
+        for key, value in wanted.get(name, {}).items():
+            actual = state.configs.get(key)
+            if actual is not None and actual != value:
+                problems.append(f"topic {name!r} has {key}={actual}, the settings say {value}")
+    return problems
+
+
+def check_flow_topics(settings: Settings, total_workers: int, *, timeout_s: float = 10.0) -> None:
+    """What `plantpulse run` needs before it starts: the flow's topics exist, and the telemetry topic has a
+    partition for each of the cluster's workers (a worker without one would only idle).
+
+    :raises TopicCheckError: One line naming what is missing and how to fix it.
+    """
+    states = describe_topics(settings, flow_topics(settings), timeout_s=timeout_s, configs=False)
+    missing = [name for name, state in states.items() if state is None]
+    if missing:
+        raise TopicCheckError(
+            f"Kafka topic(s) {', '.join(missing)} missing on {settings.kafka_bootstrap_servers}: create them with "
+            "`plantpulse topics ensure` (or set KAFKA_CREATE_TOPICS=true)"
+        )
+    telemetry = states[settings.telemetry_topic]
+    if telemetry is not None and telemetry.partitions < total_workers:
+        raise TopicCheckError(
+            f"Kafka topic {settings.telemetry_topic!r} has {telemetry.partitions} partition(s) but the flow runs "
+            f"{total_workers} workers: add partitions to the topic or run fewer workers"
+        )
 
 
 class TopicRecord(NamedTuple):

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck
+from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck, Verdicts
 from flows.input_guards import BOM, INT64, MAX_NESTING, OBJECT_FIRST, is_utf8, too_deep
 from plantpulse.schema import (
     CHANNEL_LIMIT,
@@ -150,16 +150,15 @@ class BatchDecoder:
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
         if len(oversized):  # what is over the limit is neither scanned nor copied again
             joined = b"\n".join(values[i] for i in candidates)
-        signed_by = None
+        verdicts = None
         if self.signatures is not None:
             # Before parsing: bytes that no device vouches for are never parsed.
             verdicts = self.signatures.check(batch, candidates)
             if verdicts.refused:
                 for i, reason, detail in verdicts.refused:
                     dead.append(_dead(batch, i, reason, detail))
-                candidates = [i for i in candidates if i in verdicts.signed_by]
+                candidates = verdicts.accepted().tolist()
                 joined = b"\n".join(values[i] for i in candidates) if candidates else b""
-            signed_by = verdicts.signed_by
         # Depth is bounded before parsing too: parsers recurse per level (msgspec fails at a depth that depends
         # on the caller's stack), so a deep message is refused here, like an oversized one.
         deep = set(too_deep(values, joined, candidates)) if candidates else set()
@@ -170,7 +169,7 @@ class BatchDecoder:
             joined = b"\n".join(values[i] for i in candidates)
         channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
         table = self._parse(batch, candidates, dead, joined)
-        readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, signed_by)
+        readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, verdicts)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
     def _parse(
@@ -203,7 +202,7 @@ class BatchDecoder:
 
     def _validate(
         self, batch: RawBatch, table: pa.Table, rows: list[int], now_ms: int, dead: list[DeadLetter], sizes: np.ndarray,
-        channels: dict[int, dict[str, float | None]] | None = None, signed_by: dict[int, str] | None = None,
+        channels: dict[int, dict[str, float | None]] | None = None, verdicts: Verdicts | None = None,
     ) -> pa.Table:
         n = table.num_rows
         if n == 0:
@@ -220,8 +219,8 @@ class BatchDecoder:
             fail(_np_bool(pc.is_null(table[name])), SCHEMA)
         machine_ok = pc.match_substring_regex(table["machine_id"], MACHINE_ID_PATTERN)
         fail(~_np_bool(machine_ok, null_as=True), BAD_MACHINE_ID)
-        if signed_by is not None:
-            signer = pa.array(list(map(signed_by.__getitem__, rows)), pa.string())
+        if verdicts is not None:
+            signer = verdicts.signers(rows)
             fail(~_np_bool(pc.equal(table["machine_id"], signer), null_as=False), IDENTITY_MISMATCH)
         fail(~_np_bool(pc.is_in(table["status"], value_set=_STATUS_SET), null_as=True), BAD_STATUS)
         for sensor in SENSORS:

@@ -6,9 +6,9 @@ revoked key is `revoked_key`; a signature that does not match the value is `bad_
 passes is remembered with its key's machine, and the decode step refuses it as `identity_mismatch` when the
 reading names another machine.
 
-The HMACs of a poll are computed in one call to `flows._hmac_batch` (C against OpenSSL, built at install;
-about 3 µs less per message than hashlib). Without that extension (no compiler at install) the same checks
-run in Python, and the flow logs so once.
+A poll is checked in one call to `flows._hmac_batch.check` (C against OpenSSL, built at install): key lookup,
+revocation, signature shape and HMAC, without a Python object per message. Without that extension (no
+compiler at install) the same checks run in Python, several times slower, and the flow logs so once.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
+import pyarrow as pa
 
 from connectors.device_registry import REVOKED, KeyRegistry, RegistryWatcher
 from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, signature_fields
@@ -42,10 +42,25 @@ _HEX_SIGNATURE_BYTES = 64
 _SHA256_BLOCK = 64
 
 
+# Per message, what the check found (the codes of flows._hmac_batch.check; the Python check uses the same).
+OK, NO_SIGNATURE, NO_SUCH_KEY, KEY_REVOKED, MALFORMED_SIGNATURE, MISMATCH, SKIPPED = range(7)
+
+
 @dataclass
 class Verdicts:
-    signed_by: dict[int, str]  # message index -> the machine its key belongs to
+    """A poll's check: per message its key's row (-1 when refused or not checked) and the refusals."""
+
+    signer_rows: np.ndarray  # int32, one per message of the poll
+    machines: pa.Array  # key row -> the machine that key belongs to
     refused: list[tuple[int, str, str]]  # (message index, reason, detail)
+
+    def accepted(self) -> np.ndarray:
+        """Indices of the messages whose signature verified."""
+        return np.flatnonzero(self.signer_rows >= 0)
+
+    def signers(self, messages: Sequence[int]) -> pa.Array:
+        """The machine each of `messages` (accepted message indices) was signed for."""
+        return self.machines.take(pa.array(self.signer_rows[np.asarray(messages, dtype=np.int64)]))
 
 
 class _Keys:
@@ -56,8 +71,8 @@ class _Keys:
         keys = sorted(registry.keys.values(), key=lambda k: k.key_id)
         self.row = {key.key_id.encode(): i for i, key in enumerate(keys)}
         self.key_id = [key.key_id for key in keys]
-        self.machine = [key.machine_id for key in keys]
-        self.revoked = [key.status == REVOKED for key in keys]
+        self.machines = pa.array([key.machine_id for key in keys], pa.string())
+        self.revoked = bytes(key.status == REVOKED for key in keys)
         if compiled:
             self.states = b"".join(_hmac_batch.key_states(key.secret) for key in keys)
         else:
@@ -88,88 +103,85 @@ class SignatureCheck:
         return self._keys
 
     def check(self, batch: RawBatch, candidates: list[int]) -> Verdicts:
+        """Checks the messages at `candidates` (indices into the poll); the others are neither checked nor
+        refused here (the caller refused them already)."""
         keys = self._current_keys()
-        if batch.key_ids is not None and batch.signatures is not None:
-            key_ids, signatures = batch.key_ids, batch.signatures
-        elif batch.headers is not None:
-            key_ids, signatures = signature_fields(batch.headers)
+        values = batch.values if isinstance(batch.values, list) else list(batch.values)
+        skip = None
+        if len(candidates) != len(values):
+            mask = np.ones(len(values), dtype=np.uint8)
+            mask[np.asarray(candidates, dtype=np.int64)] = 0
+            skip = mask.tobytes()
+        flat = batch.key_ids is not None and batch.signatures is not None
+        key_ids: Sequence[bytes | None] | None = None
+        signatures: Sequence[bytes | None] | None = None
+        if self.compiled and not flat and batch.headers is not None:
+            # The C check reads the two headers itself: no per-message Python work before it.
+            code_bytes, row_bytes = _hmac_batch.check(values, list(batch.headers), None, keys.row, keys.revoked,
+                                                      keys.states, skip)
         else:
-            key_ids = signatures = [None] * len(batch.values)
-        fast = self._check_all_well_formed(keys, batch.values, candidates, key_ids, signatures)
-        return fast if fast is not None else self._check_one_by_one(keys, batch.values, candidates, key_ids, signatures)
+            if batch.key_ids is not None and batch.signatures is not None:
+                given_ids, given_signatures = batch.key_ids, batch.signatures
+            elif batch.headers is not None:
+                given_ids, given_signatures = signature_fields(batch.headers)
+            else:
+                given_ids = given_signatures = [None] * len(values)
+            key_ids, signatures = given_ids, given_signatures
+            if self.compiled:
+                code_bytes, row_bytes = _hmac_batch.check(values, list(given_ids), list(given_signatures), keys.row,
+                                                          keys.revoked, keys.states, skip)
+            else:
+                code_bytes, row_bytes = self._check_in_python(keys, values, given_ids, given_signatures, skip)
+        codes, rows = np.frombuffer(code_bytes, np.uint8), np.frombuffer(row_bytes, np.int32)
+        refusals = np.flatnonzero((codes != OK) & (codes != SKIPPED)).tolist()
+        if refusals and key_ids is None and batch.headers is not None:
+            key_ids, signatures = signature_fields(batch.headers)  # only to name what was refused
+        signer_rows = np.where(codes == OK, rows, -1).astype(np.int32)
+        refused = [(i, *self._reason(keys, int(codes[i]), rows[i], key_ids[i] if key_ids else None,
+                                     signatures[i] if signatures else None)) for i in refusals]
+        return Verdicts(signer_rows, keys.machines, refused)
 
-    def _check_all_well_formed(
-        self, keys: _Keys, values: Sequence[bytes], candidates: list[int], key_ids: list[bytes | None],
-        signatures: list[bytes | None],
-    ) -> Verdicts | None:
-        """The common poll, where every message names a known, active key and carries a 64-character signature
-        that verifies, checked without Python work per message (None otherwise: the slow path names each)."""
-        if len(candidates) != len(values) or not candidates or None in signatures:
-            return None
-        if None in key_ids:
-            return None
-        found = list(map(keys.row.get, cast("list[bytes]", key_ids)))
-        if None in found:
-            return None
-        rows = cast("list[int]", found)
-        signed = cast("list[bytes]", signatures)
-        if any(keys.revoked[row] for row in set(rows)) or \
-                not (np.fromiter(map(len, signed), np.int64, len(signed)) == _HEX_SIGNATURE_BYTES).all():
-            return None
-        valid = self._verify(keys, values if isinstance(values, list) else list(values), rows, signed)
-        if not valid.all():
-            return None
-        return Verdicts(dict(zip(candidates, map(keys.machine.__getitem__, rows))), [])
+    @staticmethod
+    def _reason(keys: _Keys, code: int, row: int, key_id: bytes | None, signature: bytes | None) -> tuple[str, str]:
+        if code == NO_SIGNATURE:
+            return UNSIGNED, f"no {KEY_ID_HEADER} and {SIGNATURE_HEADER} headers"
+        if code == NO_SUCH_KEY:
+            name = key_id.decode("utf-8", "replace")[:80] if isinstance(key_id, bytes) else repr(key_id)[:80]
+            return UNKNOWN_DEVICE, f"key id {name!r} is not in the device key registry"
+        if code == KEY_REVOKED:
+            return REVOKED_KEY, f"key {keys.key_id[row]} of {keys.machines[row].as_py()} is revoked"
+        if code == MALFORMED_SIGNATURE:
+            size = len(signature) if isinstance(signature, bytes) else 0
+            return BAD_SIGNATURE, f"signature is {size} bytes, not 64 hex characters"
+        return BAD_SIGNATURE, f"signature does not match the message under key {keys.key_id[row]}"
 
-    def _check_one_by_one(
-        self, keys: _Keys, values: Sequence[bytes], candidates: list[int], key_ids: list[bytes | None],
-        all_signatures: list[bytes | None],
-    ) -> Verdicts:
-        refused: list[tuple[int, str, str]] = []
-        pending: list[int] = []  # messages whose HMAC decides
-        rows: list[int] = []
-        signatures: list[bytes] = []
-        for i in candidates:
-            key_id, signature = key_ids[i], all_signatures[i]
-            if key_id is None or signature is None:
-                refused.append((i, UNSIGNED, f"no {KEY_ID_HEADER} and {SIGNATURE_HEADER} headers"))
+    @staticmethod
+    def _check_in_python(
+        keys: _Keys, values: list[bytes], key_ids: Sequence[bytes | None], signatures: Sequence[bytes | None],
+        skip: bytes | None,
+    ) -> tuple[bytes, bytes]:
+        """What `flows._hmac_batch.check` computes, with hashlib (when the extension was not built)."""
+        codes = np.full(len(values), SKIPPED, dtype=np.uint8)
+        rows = np.full(len(values), -1, dtype=np.int32)
+        for i, (value, key_id, signature) in enumerate(zip(values, key_ids, signatures)):
+            if skip is not None and skip[i]:
                 continue
-            row = keys.row.get(key_id)
+            if key_id is None or signature is None:
+                codes[i] = NO_SIGNATURE
+                continue
+            row = keys.row.get(key_id) if isinstance(key_id, bytes) else None
             if row is None:
-                name = key_id.decode("utf-8", "replace")[:80]
-                refused.append((i, UNKNOWN_DEVICE, f"key id {name!r} is not in the device key registry"))
-            elif keys.revoked[row]:
-                refused.append((i, REVOKED_KEY, f"key {keys.key_id[row]} of {keys.machine[row]} is revoked"))
-            elif len(signature) != _HEX_SIGNATURE_BYTES:
-                refused.append((i, BAD_SIGNATURE, f"signature is {len(signature)} bytes, not 64 hex characters"))
+                codes[i] = NO_SUCH_KEY
+                continue
+            rows[i] = row
+            if keys.revoked[row]:
+                codes[i] = KEY_REVOKED
+            elif not isinstance(signature, bytes) or len(signature) != _HEX_SIGNATURE_BYTES:
+                codes[i] = MALFORMED_SIGNATURE
             else:
-                pending.append(i)
-                rows.append(row)
-                signatures.append(signature)
-        valid = self._verify(keys, [values[i] for i in pending], rows, signatures)
-        signed_by: dict[int, str] = {}
-        for i, row, good in zip(pending, rows, valid.tolist()):
-            if good:
-                signed_by[i] = keys.machine[row]
-            else:
-                refused.append((i, BAD_SIGNATURE, f"signature does not match the message under key {keys.key_id[row]}"))
-        return Verdicts(signed_by, refused)
-
-    def _verify(self, keys: _Keys, messages: list[bytes], rows: list[int], signatures: list[bytes]) -> np.ndarray:
-        """Whether each message's HMAC under its key row equals its hex signature."""
-        if not messages:
-            return np.zeros(0, dtype=bool)
-        if self.compiled:
-            offsets = np.zeros(len(messages) + 1, dtype=np.int64)
-            np.cumsum(np.fromiter(map(len, messages), dtype=np.int64, count=len(messages)), out=offsets[1:])
-            valid = _hmac_batch.verify(b"".join(messages), offsets.tobytes(), np.asarray(rows, np.int32).tobytes(),
-                                       keys.states, b"".join(signatures))
-            return np.frombuffer(valid, dtype=np.bool_)
-        out = np.zeros(len(messages), dtype=bool)
-        for j, (message, row, signature) in enumerate(zip(messages, rows, signatures)):
-            inner = keys.inner[row].copy()
-            inner.update(message)
-            outer = keys.outer[row].copy()
-            outer.update(inner.digest())
-            out[j] = hmac.compare_digest(outer.hexdigest().encode(), signature)
-        return out
+                inner = keys.inner[row].copy()
+                inner.update(value)
+                outer = keys.outer[row].copy()
+                outer.update(inner.digest())
+                codes[i] = OK if hmac.compare_digest(outer.hexdigest().encode(), signature) else MISMATCH
+        return codes.tobytes(), rows.tobytes()

@@ -1,8 +1,9 @@
 """How the live flow is started: recovery and epochs from the settings, for both ways of running it.
 
 `plantpulse run` and `python -m bytewax.run flows.telemetry:flow` take recovery from the same settings:
-`RECOVERY_DIR` (a store initialised with `RECOVERY_PARTITIONS` partitions when missing or empty; recovery
-off when unset) and `SNAPSHOT_INTERVAL_SECONDS` (the epoch interval, which is also the snapshot interval).
+`RECOVERY_DIR` (a store initialised with `RECOVERY_PARTITIONS` partitions when missing or empty, by process 0
+of a cluster only; recovery off when unset) and `SNAPSHOT_INTERVAL_SECONDS` (the epoch interval, which is also
+the snapshot interval).
 
 `python -m bytewax.run` knows only its own options (`-r/-s/-b`, or `BYTEWAX_RECOVERY_DIRECTORY`,
 `BYTEWAX_SNAPSHOT_INTERVAL`, `BYTEWAX_RECOVERY_BACKUP_INTERVAL`), which it parses into the keyword arguments
@@ -11,7 +12,7 @@ settings by updating those arguments (bytewax 0.21: the `kwargs` of its `__main_
 options may repeat the settings but not contradict them, and a bytewax.run that cannot be handed them is
 refused when recovery is asked for: either way one line on stderr and exit code 2, as `plantpulse run` does
 for an invalid configuration. SIGTERM/SIGINT stop it cleanly, as they stop `plantpulse run`
-(`plantpulse.stopping`).
+(`plantpulse.stopping`). Both check the flow's Kafka topics first (`prepare_topics`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from pydantic import ValidationError
 
+from connectors.topics import TopicCheckError, check_flow_topics, ensure_topics, flow_topics, topic_configs
 from plantpulse.settings import Settings
 from plantpulse.stopping import install_stop_handlers
 
-__all__ = ["LaunchConfigError", "epoch_interval", "for_bytewax_run", "recovery_config"]
+__all__ = ["LaunchConfigError", "epoch_interval", "for_bytewax_run", "prepare_topics", "recovery_config"]
 
 _FIX = "set RECOVERY_DIR and SNAPSHOT_INTERVAL_SECONDS only (or run `plantpulse run`)"
 
@@ -50,9 +52,39 @@ def recovery_config(settings: Settings) -> RecoveryConfig | None:
     directory = Path(settings.recovery_dir)
     if not directory.exists() or not any(directory.iterdir()):
         directory.mkdir(parents=True, exist_ok=True)
-        # The partition count is fixed for the store's life: it bounds the workers that can resume from it.
-        init_db_dir(directory, settings.recovery_partitions)
+        process_id, _addresses = settings.cluster()
+        if process_id in (None, 0):
+            # The partition count is fixed for the store's life. Bytewax finds the partitions on whichever
+            # process holds them and routes every worker's snapshots there, so one store (process 0's, the pod
+            # that exists at every replica count) serves any number of processes: rescaling keeps all state.
+            init_db_dir(directory, settings.recovery_partitions)
+        else:
+            # A second copy of the partitions on another process (its own volume) would compete with process 0's.
+            logging.getLogger(__name__).info(
+                "recovery store: process %d keeps no partitions (process 0 holds them)", process_id
+            )
     return RecoveryConfig(str(directory))
+
+
+def total_workers(settings: Settings) -> int:
+    """Workers of the whole cluster: processes (BYTEWAX_ADDRESSES or BYTEWAX_REPLICAS) x workers per process."""
+    _process_id, addresses = settings.cluster()
+    return len(addresses or [""]) * settings.bytewax_workers_per_process
+
+
+def prepare_topics(settings: Settings) -> None:
+    """Before the flow starts: its topics exist (created first when KAFKA_CREATE_TOPICS=true, as `plantpulse topics
+    ensure` creates them) and the telemetry topic has a partition for every worker of the cluster.
+
+    :raises TopicCheckError: (a LookupError) one line: what is missing and how to fix it.
+    """
+    if settings.kafka_create_topics:
+        configs = topic_configs(settings)
+        try:
+            ensure_topics(settings, only={topic: configs[topic] for topic in flow_topics(settings)})
+        except RuntimeError as error:  # the broker refused (ACLs, replication factor): say so in one line
+            raise TopicCheckError(f"KAFKA_CREATE_TOPICS=true: {error}") from None
+    check_flow_topics(settings, total_workers(settings))
 
 
 def for_bytewax_run(build: Callable[[Settings], Dataflow]) -> Dataflow:
@@ -71,6 +103,7 @@ def for_bytewax_run(build: Callable[[Settings], Dataflow]) -> Dataflow:
         # bytewax.run configures no logging; the flow's INFO lines (resumed offsets, stops) matter here too.
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _hand_over(settings, run_kwargs)
+        prepare_topics(settings)
         return build(settings)
     except (ValueError, OSError, LookupError) as error:  # ValueError: also ValidationError, LaunchConfigError
         # As `plantpulse run`: a configuration problem is one line, not a traceback from inside bytewax.run.

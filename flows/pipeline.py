@@ -18,7 +18,7 @@ import pyarrow as pa
 from bytewax.dataflow import Stream, operator
 
 from connectors.device_registry import RegistryWatcher
-from flows import metrics, reading_issues
+from flows import gc_policy, metrics, reading_issues
 from flows.anomaly_logic import AnalysedWindows, AnomalyLogic
 from flows.decode import BatchDecoder, DeadLetter, DecodedBatch, ValidationLimits
 from flows.device_auth import SignatureCheck
@@ -130,7 +130,9 @@ def process_telemetry(
 ) -> PipelineStreams:
     """Decode, validate, window and evaluate rules on a stream of raw polls (a composite operator).
 
-    `commands`: polls of the `incident-commands` topic (operators' ack/resolve/comment), if any."""
+    `commands`: polls of the `incident-commands` topic (operators' ack/resolve/comment), if any. Building it
+    sets the process's garbage-collector thresholds for polls (`flows.gc_policy`)."""
+    gc_policy.apply()
     signatures = None
     if config.device_keys is not None:
         signatures = SignatureCheck(RegistryWatcher(config.device_keys, config.device_keys_reload_s))

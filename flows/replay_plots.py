@@ -8,9 +8,12 @@ at gaps in the data, see `_steps`):
   the window mean as a line, the window min-max as a band, each panel at its own scale. At most
   `MAX_SENSOR_PANELS` of them: the rest are left out and named in `PlotLayout.left_out`;
 - the score panel: the score, the adaptive threshold (null while warming up: the warm-up spans shaded
-  grey), anomalous windows as dots and raised alerts as vertical red lines at the window's end (when the
-  alert exists). A score spiking far above the threshold switches the panel to a symlog scale, linear up
-  to the threshold's median, so the threshold stays readable;
+  grey), anomalous windows as dots and raised alerts as vertical lines at the window's end (when the
+  alert exists), red for the machine's main detector family. Rows judged by another family (the score
+  rows' `detector`, e.g. "seasonal_span" with its own threshold) are not on the score line: their scores
+  are triangles, their alerts lines of another colour, each labelled with the family. A score spiking far
+  above the threshold switches the panel to a symlog scale, linear up to the threshold's median, so the
+  threshold stays readable;
 - labelled fault spans (labels: machine_id, fault, start_ts, end_ts) shaded on every panel, a colour per
   fault kind.
 
@@ -38,6 +41,7 @@ MAX_SENSOR_PANELS = 10  # SKAB has 8 channels; beyond 10 a figure is no longer r
 SCORE_PANEL = "anomaly score"
 GAP_STEPS = 3.0  # a line breaks where windows are more than this many typical spacings apart
 SYMLOG_ABOVE = 10.0  # symlog score axis when the largest score exceeds this many threshold medians
+OTHER_FAMILY_COLOURS = ("darkorange", "tab:green", "tab:brown")  # rows judged by a second detector family
 FAULT_COLOURS = ("tab:orange", "tab:purple", "tab:olive", "tab:cyan", "tab:pink", "tab:brown")
 PANEL_HEIGHT_IN, SCORE_HEIGHT_IN, WIDTH_IN, DPI = 1.5, 2.6, 11.0, 80
 
@@ -116,10 +120,11 @@ def plot_machine(path: Path, machine: str, scores: pa.Table, window_stats: pa.Ta
         panels[-1].xaxis.set_major_locator(locator)
         panels[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         panels[-1].set_xlabel("time (UTC)")
-        if panels[-1].get_legend_handles_labels()[0]:
-            # above the score panel, in one row: it hides no data
-            panels[-1].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7, ncols=7, frameon=False,
-                              borderaxespad=0.1)
+        entries = len(panels[-1].get_legend_handles_labels()[0])
+        if entries:
+            # above the score panel, in one row (two with a second detector family): it hides no data
+            panels[-1].legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7,
+                              ncols=7 if entries <= 7 else -(-entries // 2), frameon=False, borderaxespad=0.1)
         for axis in panels:  # aligned y labels (figure.align_ylabels costs seconds on long replays)
             axis.yaxis.set_label_coords(-0.065, 0.5)
         figure.tight_layout(h_pad=0.3)
@@ -149,7 +154,12 @@ def _draw_score(axis: Axes, mine: pa.Table) -> None:
         return
     start, end = _dates(mine["window_start"]), _dates(mine["window_end"])
     score, threshold = _floats(mine["score"]), _floats(mine["threshold"])
-    x, score_steps, threshold_steps = _steps(start, end, score, threshold)
+    family = np.asarray(mine["detector"].to_pylist(), dtype=object)
+    families, counts = np.unique(family, return_counts=True)
+    main = families[np.argmax(counts)]  # the spec's detector judges almost every row
+    other = family != main
+    x, score_steps, threshold_steps = _steps(start, end, np.where(other, np.nan, score),
+                                             np.where(other, np.nan, threshold))
     axis.plot(x, score_steps, color="tab:blue", linewidth=1.0, label="score")
     axis.plot(x, threshold_steps, color="black", linestyle="--", linewidth=1.0, label="threshold")
     warming = _bools(mine["warming_up"])
@@ -160,9 +170,14 @@ def _draw_score(axis: Axes, mine: pa.Table) -> None:
     if anomalous.any():
         axis.scatter((start[anomalous] + end[anomalous]) / 2, score[anomalous], s=9, color="tab:red", zorder=3,
                      label="anomalous window")
-    if alerted.any():
-        axis.vlines(end[alerted], 0, 1, transform=axis.get_xaxis_transform(), color="red", linewidth=1.0,
-                    alpha=0.7, label="alert raised")
+    for name, colour in zip([main, *sorted(set(families) - {main})], ("red", *OTHER_FAMILY_COLOURS)):
+        own = family == name
+        if name != main and own.any():
+            axis.scatter((start[own] + end[own]) / 2, score[own], s=14, marker="^", color=colour, zorder=3,
+                         label=f"{name} (threshold {np.nanmedian(threshold[own]):.2f})")
+        if (alerted & own).any():
+            axis.vlines(end[alerted & own], 0, 1, transform=axis.get_xaxis_transform(), color=colour,
+                        linewidth=1.0, alpha=0.7, label=f"alert: {name}" if len(families) > 1 else "alert raised")
     finite = threshold[np.isfinite(threshold)]
     reference = float(np.median(finite)) if finite.size else 0.0
     if reference > 0 and float(np.nanmax(score)) > SYMLOG_ABOVE * reference:

@@ -75,7 +75,8 @@ def write_run(directory: Path, overrides: dict[str, str], scores: pa.Table, wind
     pq.write_table(scores, directory / "scores.parquet", compression="zstd")
     metrics = {"overrides": overrides, "readings": readings, "seconds": round(seconds, 3),
                "readings_per_s": round(readings / seconds) if seconds else None,
-               "windows_scored": scores.num_rows, "alerts": int(pc.sum(scores["alert_raised"]).as_py() or 0)}
+               "windows_scored": scores.num_rows, "alerts": int(pc.sum(scores["alert_raised"]).as_py() or 0),
+               "alerts_by_detector": _alerts_by_detector(scores)}
     if evaluation is not None:
         metrics |= evaluation.summary()
     metrics |= {"scoring": scoring, "benchmark": benchmark}
@@ -135,7 +136,8 @@ def _markdown(name: str, metrics: dict, evaluation: Evaluation | None, plots: li
     lines = [f"# Replay {name}", "", f"Scoring: **{scoring}** (`plantpulse replay --scoring {scoring}`).",
              SCORINGS[scoring], "", f"Overrides: `{metrics['overrides'] or 'none'}`", "",
              (f"{metrics['readings']:,} readings in {metrics['seconds']} s ({rate}); "
-              f"{metrics['windows_scored']:,} windows scored; {metrics['alerts']} anomaly alerts."), ""]
+              f"{metrics['windows_scored']:,} windows scored; {metrics['alerts']} anomaly alerts"
+              f"{_by_detector(metrics.get('alerts_by_detector'))}."), ""]
     if scoring != "events":
         lines += _benchmark_lines(scoring, metrics["benchmark"])
     if evaluation is not None:
@@ -156,6 +158,25 @@ def _markdown(name: str, metrics: dict, evaluation: Evaluation | None, plots: li
             lines += [f"{file}: left out (panel cap {MAX_SENSOR_PANELS}): {', '.join(plot.left_out)}.", ""]
         lines += [f"![{file}]({file})", ""]
     return "\n".join(lines)
+
+
+def _alerts_by_detector(scores: pa.Table) -> dict[str, int]:
+    """Alerts per detector family that raised them (the score rows' `detector`), most first."""
+    if scores.num_rows == 0:
+        return {}
+    counts = pc.value_counts(pc.filter(scores["detector"], scores["alert_raised"])).to_pylist()
+    return {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: (-c["counts"], c["values"]))}
+
+
+def _by_detector(counts: dict[str, int] | None) -> str:
+    """' (by detector family: multivariate 2, seasonal_span 1)', or '' when no alert or no breakdown.
+
+    >>> _by_detector({"multivariate": 2, "seasonal_span": 1}), _by_detector({})
+    (' (by detector family: multivariate 2, seasonal_span 1)', '')
+    """
+    if not counts:
+        return ""
+    return " (by detector family: " + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")"
 
 
 def _benchmark_lines(scoring: str, benchmark: dict | None) -> list[str]:

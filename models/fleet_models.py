@@ -31,6 +31,10 @@ features: `models.operating_point`, learned from the same windows as the detecto
 5. An alert is raised when `alert.min_windows` consecutive windows are anomalous: once per such
    episode (a run of over windows), and not within `alert.cooldown_windows` windows of the machine's
    previous alert.
+
+Machines under a `features = "channels"` spec with `seasonal.enabled` also have the seasonal span family
+(`models.channel_models`, `models.seasonal_residual`): its own score, fixed threshold and cooldown, its alerts
+OR'ed with those above; a score row that only it flagged names it in `detector` ("seasonal_span").
 """
 
 from __future__ import annotations
@@ -255,7 +259,7 @@ class FleetModels:
                 "window_start": table["window_start"],
                 "window_end": table["window_end"],
                 "model": pa.array(names, pa.string()),
-                "detector": pa.array([detectors[name] for name in names], pa.string()),
+                "detector": pa.array(_detector_per_row(names, detectors, out.family), pa.string()),
                 "score": out.score,
                 "threshold": pa.array(out.threshold, pa.float64(), from_pandas=True),
                 "warming_up": out.warming,
@@ -298,6 +302,18 @@ class FleetModels:
                 }
             )
         return ScoredWindows(scores, pa.Table.from_pylist(alerts, schema=ALERT_ARROW_SCHEMA))
+
+
+def _detector_per_row(names: list[str], detectors: dict[str, str], family: np.ndarray) -> list[str]:
+    """Each row's detector: its group's, or the family that judged it instead (`Outputs.family`).
+
+    >>> _detector_per_row(["default", "default"], {"default": "multivariate"}, np.array([None, "seasonal_span"]))
+    ['multivariate', 'seasonal_span']
+    """
+    per_row = [detectors[name] for name in names]
+    for i in np.flatnonzero(family != None).tolist():  # noqa: E711 (elementwise); rare rows, so no per-row zip
+        per_row[i] = family[i]
+    return per_row
 
 
 def _top_features_json(contributions: np.ndarray, given: np.ndarray) -> np.ndarray:

@@ -48,7 +48,9 @@ class Outputs:
     """Per-row results of one `FleetModels.score` call, filled group by group and round by round.
 
     `contributions` holds the physics features' contributions; groups with other features write their top
-    features (JSON) and leading sensor into `top` and `sensor` instead."""
+    features (JSON) and leading sensor into `top` and `sensor` instead. `family` names the detector family
+    that judged a row when it is not the spec's `detector` (e.g. "seasonal_span"; None: the spec's); the
+    row's score, threshold and top features are then that family's."""
 
     def __init__(self, n: int, n_physics_features: int) -> None:
         self.score = np.zeros(n)
@@ -59,6 +61,7 @@ class Outputs:
         self.contributions = np.zeros((n, n_physics_features))
         self.top = np.full(n, None, dtype=object)
         self.sensor = np.full(n, None, dtype=object)
+        self.family = np.full(n, None, dtype=object)
 
 
 class Judged:

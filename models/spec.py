@@ -65,6 +65,18 @@ machine types say `base = "physics"`::
                                         # Oracle Approximating Shrinkage estimate) or a number in [0, 1]
     min_count = 5                       # windows a feature needs before it counts
     smooth = 1.0                        # EWMA rate of the standardised rows (1: no smoothing)
+    [default.seasonal]                  # the seasonal span detector (models/seasonal_residual.py), OR'ed
+    enabled = false                     # with the detector above; needs features = "channels" and "mean"
+    period_s = 604800                   # the profile's period (a week) ...
+    slot_s = 3600                       # ... in slots of this length (168 hours of the week)
+    level_tau_s = 604800                # time constant of the forecaster's level
+    profile_rate = 0.2                  # a slot's profile moves this far to each visit's mean (1/visits first)
+    min_visits = 2                      # periods a slot must have been seen in before it forecasts
+    span_s = 345600                     # time constant of the mean of the forecast's z (4 days)
+    normaliser_tau_s = 1209600          # time constant of the score's normaliser (14 days) ...
+    normaliser_warmup_s = 172800        # ... which scores once it learned this long (48 hours)
+    threshold = 2.5758                  # fixed: Phi^-1(0.995), a two-sided nominal 99 %
+    cooldown_s = 604800                 # no seasonal alert within this long of the machine's previous one
 
     [pump]
     base = "physics"                    # another table to start from instead of [default]
@@ -91,12 +103,14 @@ import itertools
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from models.channel_features import FEATURE_KINDS
 from models.features import FEATURES
+from models.seasonal_residual import SeasonalResidual
 from plantpulse.schema import CHANNEL_NAME_PATTERN, SENSORS
 
 DETECTORS = ("robust_zscore", "half_space_trees", "multivariate")
@@ -138,6 +152,18 @@ class ModelSpec:
     multivariate_min_count: int = 5  # ... windows a feature needs before it counts
     multivariate_smooth: float = 1.0  # ... EWMA rate of the standardised rows (1: none)
     alert_learn_in_warmup: bool = False  # learn every warm-up window, even one over the threshold
+    # models.seasonal_residual, OR'ed with `detector` (features = "channels" only); times in seconds
+    seasonal_enabled: bool = False
+    seasonal_period_s: float = 7 * 86400.0
+    seasonal_slot_s: float = 3600.0
+    seasonal_level_tau_s: float = 7 * 86400.0
+    seasonal_profile_rate: float = 0.2
+    seasonal_min_visits: int = 2
+    seasonal_span_s: float = 4 * 86400.0
+    seasonal_normaliser_tau_s: float = 14 * 86400.0
+    seasonal_normaliser_warmup_s: float = 48 * 3600.0
+    seasonal_threshold: float = 2.5758  # Phi^-1(0.995)
+    seasonal_cooldown_s: float = 7 * 86400.0
     feature_min_windows: int = 5
     prior_windows: int = 10
     regression_alpha: float = 0.01
@@ -171,6 +197,7 @@ class ModelSpec:
             raise bad("multivariate", (self.multivariate_alpha, self.multivariate_smooth), "need alpha and smooth in (0, 1]")
         if self.multivariate_min_count < 2:
             raise bad("multivariate.min_count", self.multivariate_min_count, "must be >= 2")
+        self._check_seasonal(bad)
         unknown_kinds = [k for k in self.channel_features if k not in FEATURE_KINDS]
         if unknown_kinds or not self.channel_features:
             raise bad("channel_features", self.channel_features, f"expected a non-empty subset of {list(FEATURE_KINDS)}")
@@ -226,6 +253,29 @@ class ModelSpec:
         for key, value in self.trend_weight.items():
             if not value >= 0:
                 raise bad(f"trend_weight.{key}", value, "must be >= 0 (0: no trend)")
+
+    def _check_seasonal(self, bad: Callable[[str, Any, str], ValueError]) -> None:
+        """The `[<type>.seasonal]` table; its detector's own checks name the key (the same names) and value."""
+        if not self.seasonal_enabled:
+            return
+        if self.features != "channels" or "mean" not in self.channel_features:
+            raise bad("seasonal.enabled", True, 'the seasonal detector needs features = "channels" with "mean" '
+                      "in channel_features (it forecasts each channel's window mean); set seasonal.enabled = false")
+        if not self.seasonal_threshold > 0 or self.seasonal_cooldown_s < 0:
+            raise bad("seasonal", (self.seasonal_threshold, self.seasonal_cooldown_s),
+                      "need threshold > 0 and cooldown_s >= 0")
+        try:
+            SeasonalResidual(0, **self.seasonal_options())
+        except ValueError as exc:
+            raise ValueError(f"model spec [{self.name}]: seasonal: {exc}") from exc
+
+    def seasonal_options(self) -> dict[str, Any]:
+        """Keyword arguments of `models.seasonal_residual.SeasonalResidual` (the `[<type>.seasonal]` table)."""
+        return {"period_s": self.seasonal_period_s, "slot_s": self.seasonal_slot_s,
+                "level_tau_s": self.seasonal_level_tau_s, "profile_rate": self.seasonal_profile_rate,
+                "min_visits": self.seasonal_min_visits, "span_s": self.seasonal_span_s,
+                "normaliser_tau_s": self.seasonal_normaliser_tau_s,
+                "normaliser_warmup_s": self.seasonal_normaliser_warmup_s}
 
     def multivariate_options(self) -> dict[str, Any]:
         """Keyword arguments of `models.multivariate.Multivariate` (the `[<type>.multivariate]` table)."""

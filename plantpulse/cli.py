@@ -1,4 +1,4 @@
-"""`plantpulse` command line: broker, sim, run, sql, lake, replay, alerts, grafana, snapshot, demo. The roof of the
+"""`plantpulse` command line: broker, topics, sim, run, sql, lake, replay, alerts, grafana, snapshot, demo. The roof of the
 house: nothing imports it.
 
 Every command reads its configuration from the environment (`plantpulse.settings`); options only cover
@@ -18,11 +18,13 @@ from plantpulse.cli_common import fail as _fail
 from plantpulse.cli_common import settings_or_fail as _settings
 from plantpulse.keys_cli import keys_app
 from plantpulse.settings import Settings
+from plantpulse.topics_cli import topics_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PlantPulse: real-time predictive maintenance.")
 
 
 app.add_typer(keys_app, name="keys")
+app.add_typer(topics_app, name="topics")
 
 
 def _require_kafka(settings: Settings) -> None:
@@ -140,7 +142,7 @@ def run(
     install_stop_handlers()  # SIGTERM/SIGINT drain the flow: sinks write what they hold, then exit 0
     from bytewax.run import cli_main
 
-    from flows.launch import epoch_interval, recovery_config
+    from flows.launch import epoch_interval, prepare_topics, recovery_config
     from flows.telemetry import build_flow
 
     overrides: dict[str, object] = {}
@@ -160,6 +162,7 @@ def run(
         _fail(f"--processes {processes} but {len(cluster_addresses or [''])} address(es) are configured")
     _require_kafka(settings)
     try:
+        prepare_topics(settings)  # the flow's topics exist (or KAFKA_CREATE_TOPICS), a partition per worker
         recovery = recovery_config(settings)  # the same as `python -m bytewax.run flows.telemetry:flow` gets
         flow = build_flow(settings)
     except (ValueError, OSError, LookupError) as error:  # LookupError: the telemetry topic does not exist
@@ -240,11 +243,22 @@ def sql(
     query: str = typer.Argument(..., help="SQL to run on $CLICKHOUSE_URL."),
     output: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f"),
 ) -> None:
-    """Run SQL on the configured ClickHouse (embedded chDB or a server) and print the result."""
+    """Run SQL on the configured ClickHouse (embedded chDB or a server) and print the result.
+
+    `plantpulse sql migrate` applies the schema and the users instead (idempotent; the compose/k8s migration step).
+    """
     from connectors.clickhouse import EmbeddedDatabaseBusy, run_sql
     from plantpulse.output import print_result
 
     settings = _settings()
+    if query.strip().lower() == "migrate":
+        from plantpulse.migrate_cli import migrate
+
+        try:
+            typer.echo(migrate(settings))
+        except Exception as error:  # noqa: BLE001 - passwords, server or connection: one line, not a traceback
+            _fail(f"sql migrate failed: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}")
+        return
     try:
         columns, rows = run_sql(settings, query)
     except EmbeddedDatabaseBusy as error:

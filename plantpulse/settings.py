@@ -40,7 +40,25 @@ class Settings(BaseSettings):
     incident_commands_topic: str = Field(
         "incident-commands", description="Operator actions (ack, resolve, comment) the flow applies to its incidents."
     )
-    topic_partitions: int = Field(8, ge=1, description="Partitions when PlantPulse creates a topic.")
+    topic_partitions: int = Field(
+        8, ge=1, description="Partitions when PlantPulse creates a topic; at least the flow's total workers."
+    )
+    topic_replication_factor: int = Field(
+        -1, ge=-1, description="Replicas per partition when PlantPulse creates a topic; -1: the broker's default."
+    )
+    telemetry_retention_hours: float = Field(168.0, gt=0, description="Retention of the telemetry topic.")
+    alerts_retention_hours: float = Field(720.0, gt=0, description="Retention of the alerts topic.")
+    deadletter_retention_hours: float = Field(336.0, gt=0, description="Retention of the dead-letter topic.")
+    incidents_retention_hours: float = Field(2160.0, gt=0, description="Retention of the incidents topic.")
+    incident_commands_retention_hours: float = Field(
+        720.0, gt=0, description="Retention of the incident-commands topic."
+    )
+    notify_deadletter_retention_hours: float = Field(
+        720.0, gt=0, description="Retention of the notifier's dead-letter topic."
+    )
+    kafka_create_topics: bool = Field(
+        False, description="`plantpulse run` creates missing topics (as `plantpulse topics ensure`) instead of failing."
+    )
     kafka_batch_size: int = Field(10_000, ge=1, description="Max messages pulled per partition per poll.")
 
     # ClickHouse
@@ -170,6 +188,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         9464, ge=0, description="Prometheus metrics port; 0 disables (give each local process its own)."
     )
+    ready_max_poll_age_seconds: float = Field(
+        30.0, gt=0, description="`GET /ready` of the flow answers 503 when its Kafka source polled longer ago."
+    )
     log_level: str = "INFO"
 
     @field_validator("kafka_security_protocol")
@@ -179,6 +200,13 @@ class Settings(BaseSettings):
         if value.upper() not in allowed:
             raise ValueError(f"KAFKA_SECURITY_PROTOCOL={value!r}: expected one of {sorted(allowed)}")
         return value.upper()
+
+    @field_validator("topic_replication_factor")
+    @classmethod
+    def _replication(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("TOPIC_REPLICATION_FACTOR=0: give >= 1, or -1 for the broker's default")
+        return value
 
     @field_validator("device_auth")
     @classmethod

@@ -19,10 +19,10 @@ from operator import length_hint
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Producer
 
 from connectors.device_registry import KeyRegistry
+from connectors.topics import ensure_topics
 from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
 from plantpulse.settings import Settings
 from sim.faults import FaultLabel
@@ -98,33 +98,17 @@ def plan(
     return simulator, n_ticks
 
 
-def ensure_topic(
-    settings: Settings, topic: str | None = None, partitions: int | None = None, timeout_s: float = 30
-) -> bool:
-    """Create `topic` (default: the telemetry topic) with `partitions` (default: TOPIC_PARTITIONS).
+def ensure_topic(settings: Settings, timeout_s: float = 30) -> bool:
+    """Create PlantPulse's topics if missing, as `plantpulse topics ensure` does (the one topic creator, with the
+    partitions, replication and retention of the settings), so that a flow started next finds them.
 
-    Returns True if created, False if it existed already (its partition count is left as it is).
+    Returns True if the telemetry topic was created, False if it existed already (left as it is).
     """
-    topic = topic or settings.telemetry_topic
-    partitions = partitions or settings.topic_partitions
-    admin = AdminClient(settings.kafka_config() | {"log_level": 4})  # no info chatter on stderr at exit
-    new_topic = NewTopic(topic, num_partitions=partitions, replication_factor=-1)  # -1: the broker's default
-    future = admin.create_topics([new_topic], operation_timeout=timeout_s)[topic]
     try:
-        future.result(timeout=timeout_s)
-    except KafkaException as error:
-        if error.args and error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            return False
-        raise ProduceError(f"cannot create topic {topic!r} at {settings.kafka_bootstrap_servers}: {error}") from error
-    except TimeoutError:
-        raise ProduceError(
-            f"cannot create topic {topic!r}: no answer from {settings.kafka_bootstrap_servers} within {timeout_s:g} s"
-        ) from None
-    finally:
-        # The future keeps its exception, whose traceback holds this frame (and the client): break the cycle.
-        del future
-    log.info("created topic %s with %d partitions", topic, partitions)
-    return True
+        created = ensure_topics(settings, timeout_s=timeout_s)
+    except (RuntimeError, ConnectionError, TimeoutError) as error:
+        raise ProduceError(f"cannot create topics at {settings.kafka_bootstrap_servers}: {error}") from None
+    return settings.telemetry_topic in created
 
 
 def producer_config(settings: Settings) -> dict:

@@ -155,8 +155,11 @@ def test_one_section_runs_on_its_own_and_names_its_command() -> None:
     assert selected(parse_args(["--skip-e2e", "--skip-tuning"])) == ["engine", "recovery-cost", "replay",
                                                                      "model-quality", "soak", "incident-noise",
                                                                      "incident-latency", "dashboard-queries",
-                                                                     "real-data", "sim-realism", "device-auth"]
+                                                                     "real-data", "sim-realism", "device-auth",
+                                                                     "live-scaling"]
     assert selected(parse_args(["--only", "incident_noise"])) == ["incident-noise"]
+    assert plan(parse_args(["--only", "live-scaling", "--scaling-readings", "5000"]))["live-scaling"][0] == (
+        "python -m bench.run --only live-scaling --scaling-readings 5000 --scaling-machines 2000 --runs 3")
     with pytest.raises(SystemExit):
         parse_args(["--only", "engine", "--skip-e2e"])
 
@@ -200,3 +203,38 @@ def test_the_recovery_store_table_has_a_row_per_step() -> None:
     assert "| `flow.windows` | 70.0 MB | 79.0 MB |" in block
     assert "| `flow.lake_out` | 1.4 kB | 2.0 kB |" in block
     assert "| all steps | 70.0 MB | 79.0 MB |" in block
+
+
+def _scaling_run(processes: int, rate: int, busy: float, codes: list[int]) -> dict:
+    return {"processes": processes, "readings_per_s": rate, "seconds": 1_000_000 / rate, "loadavg_before": [1.5, 1, 1],
+            "flow_cpu_cores": 0.9 * processes, "broker_cpu_cores": 0.1, "machine_busy_share": busy,
+            "accepted": 1_000_000, "dead_letters": 0, "duplicates": 0, "exit_codes": codes}
+
+
+def test_the_live_scaling_block_quotes_both_process_counts() -> None:
+    from bench.live_scaling import _crossing, total
+
+    assert total([{"x_total": 2.0, 'x_total{reason="a"}': 3.0, "x_totally": 9.0}, None, {"x_total": 1.0}], "x_total") == 6
+    assert _crossing([(0.0, 0.0), (1.0, 40.0), (2.0, 120.0)], 80) == 1.5
+    one = [_scaling_run(1, rate, 0.6, [0]) for rate in (40_000, 50_000, 45_000)]
+    two = [_scaling_run(2, rate, 1.0, [0, -9]) for rate in (60_000, 70_000, 65_000)]
+    section = {
+        "provenance": {"date": "2026-11-27T01:00:00Z", "commit": None, "dirty": None, "command": None,
+                       "reproduce": "python -m bench.run --only live-scaling"},
+        "machine": {"cores": 2},
+        "input": {"readings": 1_000_000, "machines": 2_000, "partitions": 8, "device_auth": "required"},
+        "setup": {"workers_per_process": 1},
+        "by_processes": {str(p): {"readings_per_s": runs[2]["readings_per_s"], "seconds": runs[2]["seconds"],
+                                  "flow_cpu_cores": 0.9 * p, "broker_cpu_cores": 0.1,
+                                  "machine_busy_share": runs[0]["machine_busy_share"], "runs": runs}
+                         for p, runs in ((1, one), (2, two))},
+        "speedup": 1.44,
+        "config": {"stop_grace_s": 20.0},
+    }
+    block = generator.live_scaling(generator.Results({"format": 2, "live_scaling": section, "previous": {}}, None))
+    assert "| 1 | **45,000** | 40k, 50k, 45k |" in block and "| 0.90 | 20 | 0.10 | 60% |" in block
+    assert "| 2 | **65,000** | 60k, 70k, 65k |" in block
+    assert "| 2 vs 1 | **1.44×** |" in block
+    assert "**2 cores**" in block and "all 1,000,000 readings" in block
+    assert "range from 60,000 to 70,000 readings/s: the fastest had the flow processes on 1.80 cores (1.56×" in block
+    assert "In 3 of 6 runs a process did not exit within 20 s of SIGTERM" in block

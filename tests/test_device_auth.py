@@ -161,7 +161,7 @@ def test_the_compiled_verifier_is_built() -> None:
     except ImportError:
         pytest.fail("flows._hmac_batch was not built: install a C compiler and OpenSSL's headers (Debian: gcc "
                     "libssl-dev), then `rm -rf .venv && make test`")
-    assert _hmac_batch.verify.__doc__
+    assert _hmac_batch.check.__doc__
 
 
 @settings(max_examples=60, deadline=None)
@@ -195,6 +195,39 @@ def test_compiled_and_python_verifiers_agree_with_the_standard_library(
     batch = RawBatch("t", 0, list(range(len(values))), values, None, all_headers)
     for compiled in (True, False):
         verdicts = SignatureCheck(RegistryWatcher(path), compiled=compiled).check(batch, list(range(len(values))))
-        assert sorted(verdicts.signed_by) == [i for i, good in enumerate(expected) if good]
+        assert verdicts.accepted().tolist() == [i for i, good in enumerate(expected) if good]
         assert sorted(i for i, reason, _ in verdicts.refused if reason == "bad_signature") == [
             i for i, good in enumerate(expected) if not good]
+
+
+def test_the_compiled_check_reads_headers_as_a_dict_of_them_would(tmp_path: Path) -> None:
+    """The C check reads `pp-kid`/`pp-sig` from the Kafka header lists itself; what it finds must be what
+    `dict(headers)` finds (the last of a repeated name wins), whatever else the headers hold."""
+    path = tmp_path / "keys.json"
+    registry = KeyRegistry()
+    key = registry.create("M1")
+    registry.save(path)
+    value = reading("M1", 1)
+    good = headers(key.key_id, key.secret, value)
+    bad_mac = [("pp-kid", key.key_id.encode()), ("pp-sig", b"0" * 64)]
+    shapes = {
+        "documented order": good,
+        "reversed, among others": [("trace", b"x"), good[1], ("other", None), good[0]],
+        "repeated: the last wins": bad_mac + good,
+        "repeated: the last loses": good + bad_mac,
+        "a signature without a value": [good[0], ("pp-sig", None)],
+        "no headers": None,
+        "empty list": [],
+        "only the key id": [good[0]],
+    }
+    expected = {name: "ok" if dict(h or []).get("pp-sig") == good[1][1] else
+                ("unsigned" if None in (dict(h or []).get("pp-kid"), dict(h or []).get("pp-sig")) else "bad_signature")
+                for name, h in shapes.items()}
+    batch = RawBatch("t", 0, list(range(len(shapes))), [value] * len(shapes), None, list(shapes.values()))
+    for compiled in (True, False):
+        verdicts = SignatureCheck(RegistryWatcher(path), compiled=compiled).check(batch, list(range(len(shapes))))
+        found = dict.fromkeys(shapes, "ok")
+        for i, reason, _ in verdicts.refused:
+            found[list(shapes)[i]] = reason
+        assert found == expected, compiled
+        assert verdicts.signers(verdicts.accepted().tolist()).to_pylist() == ["M1"] * list(expected.values()).count("ok")

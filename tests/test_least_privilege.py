@@ -418,10 +418,10 @@ def test_passwords_come_from_the_environment_and_must_be_long() -> None:
 # Encryption at rest: the prod overlay's ClickHouse disk config, loaded by the engine.
 
 def test_clickhouse_encrypted_disk_config_keeps_parts_unreadable(tmp_path: Path) -> None:
-    """k8s/overlays/production/clickhouse/clickhouse-encrypted-disk.xml as the engine's config (its disk path
+    """k8s/overlays/prod/clickhouse/clickhouse-encrypted-disk.xml as the engine's config (its disk path
     moved into tmp_path): new tables land on the encrypted disk and no data file holds the inserted text; the
     same rows in a table on the plain default disk do (positive control)."""
-    xml = (ROOT / "k8s/overlays/production/clickhouse/clickhouse-encrypted-disk.xml").read_text()
+    xml = (ROOT / "k8s/overlays/prod/clickhouse/clickhouse-encrypted-disk.xml").read_text()
     assert "/var/lib/clickhouse/disks/plain/" in xml and "from_env=\"CLICKHOUSE_DISK_KEY_HEX\"" in xml
     data = tmp_path / "disks"
     (tmp_path / "config.xml").write_text(xml.replace("/var/lib/clickhouse/disks/plain/", f"{data / 'plain'}/"))
@@ -530,7 +530,7 @@ def _connects(policies: list[dict[str, Any]], source: str, target: str, port: in
     return egress and ingress
 
 
-@pytest.fixture(scope="module", params=["k8s/base", "k8s/overlays/production"])
+@pytest.fixture(scope="module", params=["k8s/base", "k8s/overlays/prod"])
 def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     return _render(request.param)
 
@@ -576,7 +576,9 @@ def test_secrets_are_only_referenced(rendered: list[dict[str, Any]]) -> None:
     """No Secret objects with data, no secret-looking variable with an inline value or in a ConfigMap."""
     assert [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"] == []
     for config in (d for d in rendered if d["kind"] == "ConfigMap"):
-        assert [k for k in config.get("data", {}) if _SECRET_NAME.search(k)] == []
+        # A `<NAME>__FILE` variable holds the path of a mounted Secret file (Grafana's admin password), not a secret.
+        assert [k for k, v in config.get("data", {}).items() if _SECRET_NAME.search(k)
+                and not (k.endswith("__FILE") and v.startswith("/"))] == []
     for workload in (d for d in rendered if d["kind"] == "StatefulSet"):
         for container in workload["spec"]["template"]["spec"]["containers"]:
             for var in container.get("env", []):
@@ -587,7 +589,7 @@ def test_secrets_are_only_referenced(rendered: list[dict[str, Any]]) -> None:
 
 
 def test_production_overlay_encrypts_at_rest() -> None:
-    docs = _render("k8s/overlays/production")
+    docs = _render("k8s/overlays/prod")
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("plantpulse-config"))
     assert config["data"]["S3_SSE"] == "AES256"
     storage = next(d for d in docs if d["kind"] == "StorageClass")
@@ -595,14 +597,15 @@ def test_production_overlay_encrypts_at_rest() -> None:
     statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
     claims = statefulset["spec"]["volumeClaimTemplates"]
     assert [c["spec"]["storageClassName"] for c in claims] == [storage["metadata"]["name"]]
-    clickhouse = _render("k8s/overlays/production/clickhouse")
+    clickhouse = _render("k8s/overlays/prod/clickhouse")
     disk = next(d for d in clickhouse if d["kind"] == "ConfigMap")
     assert disk["metadata"]["namespace"] == "clickhouse"
     assert disk["data"]["plantpulse-encrypted-disk.xml"] == (
-        ROOT / "k8s/overlays/production/clickhouse/clickhouse-encrypted-disk.xml").read_text()
+        ROOT / "k8s/overlays/prod/clickhouse/clickhouse-encrypted-disk.xml").read_text()
     # The base (development) leaves SSE to the bucket's default and the cluster's default StorageClass.
     base = _render("k8s/base")
-    assert "S3_SSE" not in next(d for d in base if d["kind"] == "ConfigMap")["data"]
+    assert "S3_SSE" not in next(d for d in base if d["kind"] == "ConfigMap"
+                                and d["metadata"]["name"].startswith("plantpulse-config-"))["data"]
 
 
 # ---------------------------------------------------------------------------------------------------------
