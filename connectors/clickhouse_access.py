@@ -166,23 +166,27 @@ def default_login_works(settings: Settings) -> bool:
         client.close()
 
 
-def main() -> int:
-    """Apply the schema and the access control to CLICKHOUSE_URL as the administrator in CLICKHOUSE_USER."""
+def migrate(settings: Settings, passwords: dict[str, str]) -> bool:
+    """Apply the schema and the access control to CLICKHOUSE_URL as the administrator in CLICKHOUSE_USER (the
+    migration step of compose and Kubernetes: `plantpulse sql migrate`); False when the engine has no users."""
     from connectors.clickhouse_client import connect
     from connectors.clickhouse_schema import apply_schema
 
-    logging.basicConfig(level=logging.INFO)
-    settings = Settings()
-    passwords = passwords_from_env()
     if default_login_works(settings):
         raise AccessError(f"{redacted_url(settings.clickhouse_url)} lets `default` log in without a password; set one "
                           "(official image: CLICKHOUSE_PASSWORD) before applying PlantPulse access control")
     client = connect(settings)
     try:
         apply_schema(client, settings.clickhouse_database)
-        applied = apply_access(client, settings.clickhouse_database, passwords)
+        return apply_access(client, settings.clickhouse_database, passwords)
     finally:
         client.close()
+
+
+def main() -> int:
+    """Apply the schema and the access control to CLICKHOUSE_URL as the administrator in CLICKHOUSE_USER."""
+    logging.basicConfig(level=logging.INFO)
+    applied = migrate(Settings(), passwords_from_env())
     print("access control applied" if applied else "embedded chDB: no access control to apply")
     return 0
 

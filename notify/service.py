@@ -39,7 +39,6 @@ _SAVE_EVERY_S = 0.5  # offsets are saved this often (and at the stop); a crash r
 _REMIND_EVERY_S = 0.25  # how often reminders are looked for
 # Dead letters are looked at by people, later: kept like the alerts topic (and so is the incidents topic if
 # `topic_configs` has no entry for it).
-_KEEP_30_DAYS = {"retention.ms": str(30 * 86_400_000), "cleanup.policy": "delete"}
 
 
 class InvalidRecordError(ValueError):
@@ -101,8 +100,8 @@ class Notifier:
         """Deliver until SIGTERM/SIGINT (`plantpulse.stopping`) or, with `until_idle_s`, until the topic is
         consumed, every delivery finished and nothing happened for that long."""
         settings, topic = self.settings, self.settings.incidents_topic
-        ensure_topics(settings, only={topic: topic_configs(settings).get(topic, _KEEP_30_DAYS),
-                                      settings.notify_deadletter_topic: _KEEP_30_DAYS})
+        configs = topic_configs(settings)  # the configs `plantpulse topics ensure` gives them
+        ensure_topics(settings, only={name: configs[name] for name in (topic, settings.notify_deadletter_topic)})
         partitions = partition_ids(settings, topic)
         ledger = Ledger(ledger_path(settings))
         dead_letters: DeadLetters | None = None

@@ -17,19 +17,10 @@ def migrate(settings: Settings) -> str:
     :raises AccessError: (a RuntimeError) passwords missing or short, a passwordless `default` user, a statement
         refused; connection errors as the client raises them.
     """
-    from connectors.clickhouse_access import AccessError, apply_access, default_login_works, passwords_from_env
-    from connectors.clickhouse_client import connect, redacted_url
-    from connectors.clickhouse_schema import apply_schema
+    from connectors.clickhouse_access import migrate as apply_schema_and_access
+    from connectors.clickhouse_access import passwords_from_env
 
-    if default_login_works(settings):
-        raise AccessError(f"{redacted_url(settings.clickhouse_url)} lets `default` log in without a password; set one "
-                          "(official image: CLICKHOUSE_PASSWORD) before applying PlantPulse access control")
     passwords = {} if settings.clickhouse_is_embedded else passwords_from_env()
-    client = connect(settings)
-    try:
-        apply_schema(client, settings.clickhouse_database)
-        applied = apply_access(client, settings.clickhouse_database, passwords)
-    finally:
-        client.close()
+    applied = apply_schema_and_access(settings, passwords)
     done = f"schema of database {settings.clickhouse_database} is current"
     return done + ("; users and roles applied" if applied else "; embedded chDB: no users to apply")

@@ -171,17 +171,21 @@ def test_the_two_flow_processes_form_one_cluster(monkeypatch: pytest.MonkeyPatch
     assert settings.recovery_partitions >= len(cluster) * settings.bytewax_workers_per_process
 
 
-def test_the_flow_processes_share_one_recovery_store_and_the_simulators_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    stores = set()
+def test_each_flow_process_has_its_own_recovery_directory_and_sees_the_simulators_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layout tests/test_rescaling.py proves: a recovery directory per process (process 0 holds the store)."""
+    stores, directories = set(), set()
     for name, service in FLOW.items():
         settings = settings_of(service, monkeypatch)
         mounts = dict(reversed(volume.split(":")[:2]) for volume in service["volumes"])
         [volume] = [v for target, v in mounts.items() if Path(str(settings.recovery_dir)).is_relative_to(target)]
         stores.add(volume)
+        directories.add(str(settings.recovery_dir))
         assert Path(str(settings.machines_file)).is_relative_to("/var/lib/plantpulse"), name
         assert Path(str(settings.device_keys_file)).is_relative_to("/var/lib/plantpulse"), name
         assert settings.lake_url.startswith("s3://") and not settings.clickhouse_is_embedded, name
-    assert len(stores) == 1
+    assert len(stores) == 1 and len(directories) == len(FLOW)
     assert f"{stores.pop()}:/var/lib/plantpulse" in SERVICES["simulator"]["volumes"]
 
 
