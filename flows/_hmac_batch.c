@@ -7,9 +7,9 @@
  * while the HMACs are computed.
  *
  * key_states(secret: bytes) -> bytes: the two precomputed states of one key (its row in `states` below).
- * check(values, key_ids, signatures, rows_by_key_id, revoked, states, skip) -> (codes: bytes, rows: bytes):
- *   values, key_ids, signatures: lists of one poll, one item per message (key ids and signatures bytes or None);
- *   or signatures None and key_ids each message's Kafka headers, read as plantpulse.device_signing does;
+ * check(values, headers, rows_by_key_id, revoked, states, skip) -> (codes: bytes, rows: bytes):
+ *   values, headers: lists of one poll, one item per message (its value; its Kafka headers or None, read as
+ *   plantpulse.device_signing does);
  *   rows_by_key_id: dict key id (bytes) -> row in `states`; revoked: one byte per row (1 = revoked);
  *   skip: None or one byte per message (1 = not checked: the caller refused it already).
  *   codes: one byte per message (the CODE_ constants below); rows: int32 per message, the key's row or -1.
@@ -96,19 +96,11 @@ static void header_fields(PyObject *headers, PyObject **key_id, PyObject **signa
 }
 
 static PyObject *check(PyObject *self, PyObject *args) {
-    PyObject *values, *key_ids, *signatures, *rows_by_key, *skip_obj;
+    PyObject *values, *headers, *rows_by_key, *skip_obj;
     Py_buffer revoked, states;
-    if (!PyArg_ParseTuple(args, "O!O!OO!y*y*O", &PyList_Type, &values, &PyList_Type, &key_ids, &signatures,
-                          &PyDict_Type, &rows_by_key, &revoked, &states, &skip_obj))
+    if (!PyArg_ParseTuple(args, "O!O!O!y*y*O", &PyList_Type, &values, &PyList_Type, &headers, &PyDict_Type,
+                          &rows_by_key, &revoked, &states, &skip_obj))
         return NULL;
-    /* signatures None: `key_ids` holds each message's Kafka headers instead (header_fields). */
-    int from_headers = signatures == Py_None;
-    if (!from_headers && !PyList_Check(signatures)) {
-        PyBuffer_Release(&revoked);
-        PyBuffer_Release(&states);
-        PyErr_SetString(PyExc_TypeError, "hmac_batch.check: signatures must be a list or None");
-        return NULL;
-    }
     PyObject *result = NULL, *codes_obj = NULL, *rows_obj = NULL;
     Pending *pending = NULL;
     Py_ssize_t n_pending = 0;
@@ -117,7 +109,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(values);
     Py_ssize_t n_keys = states.len / (Py_ssize_t)STATE_BYTES;
     if (have_skip && PyObject_GetBuffer(skip_obj, &skip, PyBUF_SIMPLE) < 0) { have_skip = 0; goto done; }
-    if (PyList_GET_SIZE(key_ids) != n || (!from_headers && PyList_GET_SIZE(signatures) != n) || (have_skip && skip.len != n) ||
+    if (PyList_GET_SIZE(headers) != n || (have_skip && skip.len != n) ||
         states.len % (Py_ssize_t)STATE_BYTES || revoked.len != n_keys) {
         PyErr_SetString(PyExc_ValueError, "hmac_batch.check: inconsistent lengths of the poll's lists or the keys");
         goto done;
@@ -133,8 +125,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
         rows[i] = -1;
         if (have_skip && ((const unsigned char *)skip.buf)[i]) { codes[i] = CODE_SKIPPED; continue; }
         PyObject *key_id, *signature;
-        if (from_headers) header_fields(PyList_GET_ITEM(key_ids, i), &key_id, &signature);
-        else key_id = PyList_GET_ITEM(key_ids, i), signature = PyList_GET_ITEM(signatures, i);
+        header_fields(PyList_GET_ITEM(headers, i), &key_id, &signature);
         PyObject *value = PyList_GET_ITEM(values, i);
         if (key_id == Py_None || signature == Py_None) { codes[i] = CODE_UNSIGNED; continue; }
         PyObject *row_obj = PyBytes_CheckExact(key_id) ? PyDict_GetItemWithError(rows_by_key, key_id) : NULL;

@@ -112,33 +112,23 @@ class SignatureCheck:
             mask = np.ones(len(values), dtype=np.uint8)
             mask[np.asarray(candidates, dtype=np.int64)] = 0
             skip = mask.tobytes()
-        flat = batch.key_ids is not None and batch.signatures is not None
         key_ids: Sequence[bytes | None] | None = None
         signatures: Sequence[bytes | None] | None = None
-        if self.compiled and not flat and batch.headers is not None:
+        headers = batch.headers if batch.headers is not None else [None] * len(values)
+        if self.compiled:
             # The C check reads the two headers itself: no per-message Python work before it.
-            code_bytes, row_bytes = _hmac_batch.check(values, list(batch.headers), None, keys.row, keys.revoked,
-                                                      keys.states, skip)
+            code_bytes, row_bytes = _hmac_batch.check(values, list(headers), keys.row, keys.revoked, keys.states,
+                                                      skip)
         else:
-            if batch.key_ids is not None and batch.signatures is not None:
-                given_ids, given_signatures = batch.key_ids, batch.signatures
-            elif batch.headers is not None:
-                given_ids, given_signatures = signature_fields(batch.headers)
-            else:
-                given_ids = given_signatures = [None] * len(values)
-            key_ids, signatures = given_ids, given_signatures
-            if self.compiled:
-                code_bytes, row_bytes = _hmac_batch.check(values, list(given_ids), list(given_signatures), keys.row,
-                                                          keys.revoked, keys.states, skip)
-            else:
-                code_bytes, row_bytes = self._check_in_python(keys, values, given_ids, given_signatures, skip)
+            key_ids, signatures = signature_fields(headers)
+            code_bytes, row_bytes = self._check_in_python(keys, values, key_ids, signatures, skip)
         codes, rows = np.frombuffer(code_bytes, np.uint8), np.frombuffer(row_bytes, np.int32)
         refusals = np.flatnonzero((codes != OK) & (codes != SKIPPED)).tolist()
-        if refusals and key_ids is None and batch.headers is not None:
-            key_ids, signatures = signature_fields(batch.headers)  # only to name what was refused
+        if refusals and key_ids is None:
+            key_ids, signatures = signature_fields(headers)  # only to name what was refused
         signer_rows = np.where(codes == OK, rows, -1).astype(np.int32)
-        refused = [(i, *self._reason(keys, int(codes[i]), rows[i], key_ids[i] if key_ids else None,
-                                     signatures[i] if signatures else None)) for i in refusals]
+        refused = [(i, *self._reason(keys, int(codes[i]), rows[i], key_ids[i], signatures[i]))  # type: ignore[index]
+                   for i in refusals]
         return Verdicts(signer_rows, keys.machines, refused)
 
     @staticmethod

@@ -61,9 +61,9 @@ Headers = Sequence[tuple[str, "bytes | None"]] | None
 
 
 def signature_fields(headers: Sequence[Headers]) -> tuple[list[bytes | None], list[bytes | None]]:
-    """Each message's `pp-kid` and `pp-sig` values (None where missing) from its Kafka headers: two flat lists,
-    so a poll holds no per-message containers. Headers in the documented order are read without Python work
-    per message; others are looked up by name.
+    """Each message's `pp-kid` and `pp-sig` values (None where missing) from its Kafka headers, as two lists
+    (the flow's C check reads the headers itself; this is the Python fallback's reading, and names refusals).
+    Headers in the documented order are read without Python work per message; others are looked up by name.
 
     >>> signature_fields([[("pp-kid", b"M1.k1"), ("pp-sig", b"ab")], None, [("pp-sig", b"cd"), ("x", b"")]])
     ([b'M1.k1', None, None], [b'ab', None, b'cd'])

@@ -331,8 +331,7 @@ class RawBatch(msgspec.Struct, frozen=True):
     """Undecoded messages pulled from one Kafka partition in one poll: the unit the flow decodes at once.
 
     `offsets[i]` is the Kafka offset of `values[i]`; `keys[i]` its message key (or None); `headers[i]` its
-    Kafka headers (or None), where the device signature travels (`plantpulse.device_signing`), or the same
-    as `key_ids[i]` and `signatures[i]`.
+    Kafka headers (or None), where the device signature travels (`plantpulse.device_signing`).
     Sources that do not read Kafka (benchmarks, replays) use partition -1 and their own row numbers;
     a recording's polls carry `BinaryValues`.
     """
@@ -343,10 +342,6 @@ class RawBatch(msgspec.Struct, frozen=True):
     values: list[bytes] | BinaryValues
     keys: list[bytes | None] | BinaryValues | None = None
     headers: list[list[tuple[str, bytes | None]] | None] | None = None  # Kafka allows a header without a value
-    # The device signature headers' values, flat (`plantpulse.device_signing.signature_fields`): what the Kafka
-    # source hands on instead of `headers`, so a poll holds no per-message containers for the GC to walk.
-    key_ids: list[bytes | None] | None = None
-    signatures: list[bytes | None] | None = None
 
 
 def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Array:

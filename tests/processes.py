@@ -8,27 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.pods import scrape
 from plantpulse.settings import Settings
 from tests.reference import window_stats_reference
 
 PLANTPULSE = [sys.executable, "-m", "plantpulse.cli"]
-
-
-def scrape(port: int) -> dict[str, float] | None:
-    """A process's Prometheus samples by exposition name (labels included), or None while it is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            lines = response.read().decode().splitlines()
-    except OSError:
-        return None
-    samples = (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
-    return {name: float(value) for name, value in samples}
 
 
 def flow_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -17,7 +17,6 @@ import os
 import pickle
 import signal
 import sqlite3
-import subprocess
 import time
 import uuid
 from contextlib import closing
@@ -28,19 +27,18 @@ import pyarrow.parquet as pq
 import pytest
 from bytewax.testing import run_main
 
-from connectors.broker import free_port
+from bench.pods import Pods
 from connectors.clickhouse import run_sql
 from connectors.lake import read_lake
 from connectors.topics import ensure_topics
 from flows.telemetry import build_flow
 from sim import Simulator, build_fleet, produce
 from tests.brokerkit import isolated_settings
-from tests.processes import PLANTPULSE, assert_exactly_once, flow_env, scrape, sql, wait_until_caught_up
+from tests.processes import assert_exactly_once, flow_env, sql, wait_until_caught_up
 from tests.test_recovery_crash import _assert_same_incidents, committed_epoch
 
 pytestmark = pytest.mark.integration
 
-STATEFULSET = "plantpulse-flow"
 ALERTS = ("SELECT alert_id, machine_id, rule_id, kind, severity, toUnixTimestamp64Milli(window_start) AS window_start "
           "FROM alerts FINAL ORDER BY alert_id")
 
@@ -58,55 +56,6 @@ def resume_offsets(store: Path) -> dict[str, int]:
             if change is not None and snap_epoch >= offsets.get(key, (-1, 0))[0]:
                 offsets[key] = (snap_epoch, pickle.loads(change))
     return {key: offset for key, (_epoch, offset) in offsets.items()}
-
-
-class Pods:
-    """`plantpulse run` processes as the StatefulSet's pods at one replica count."""
-
-    def __init__(self, env: dict[str, str], work: Path, replicas: int, step: int) -> None:
-        ports = [free_port() for _ in range(replicas)]
-        self.metrics = [free_port() for _ in range(replicas)]
-        self.logs = [work / f"step{step}-pod{i}.log" for i in range(replicas)]
-        self.processes = [
-            subprocess.Popen(
-                PLANTPULSE + ["run"],
-                env={
-                    **env,
-                    "BYTEWAX_POD_NAME": f"{STATEFULSET}-{i}",
-                    "BYTEWAX_STATEFULSET_NAME": STATEFULSET,
-                    "BYTEWAX_SERVICE_NAME": STATEFULSET,
-                    "BYTEWAX_REPLICAS": str(replicas),
-                    "BYTEWAX_ADDRESSES": ";".join(f"127.0.0.1:{port}" for port in ports),
-                    "RECOVERY_DIR": str(work / f"pod-{i}" / "recovery"),
-                    "METRICS_PORT": str(self.metrics[i]),
-                },
-                stdout=self.logs[i].open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-            )
-            for i in range(replicas)
-        ]
-
-    def check_running(self) -> None:
-        for process, log in zip(self.processes, self.logs):
-            assert process.poll() is None, f"a pod exited: {log.read_text()[-3000:]}"
-
-    def received(self) -> float:
-        return sum((scrape(port) or {}).get("plantpulse_readings_received_total", 0.0) for port in self.metrics)
-
-    def terminate(self, grace_s: float = 30) -> list[int]:
-        """What scaling to 0 does: SIGTERM to every pod, which drains and snapshots its final epoch; the kubelet
-        SIGKILLs a pod still running after terminationGracePeriodSeconds (`grace_s`). Returns the exit codes."""
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        codes = []
-        for process in self.processes:
-            try:
-                codes.append(process.wait(max(0.1, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                codes.append(process.wait())
-        return codes
 
 
 def test_rescale_1_2_3_1_equals_an_uninterrupted_run(broker, chdb_dir: Path, tmp_path: Path) -> None:
@@ -130,7 +79,7 @@ def test_rescale_1_2_3_1_equals_an_uninterrupted_run(broker, chdb_dir: Path, tmp
     started_pods: list[Pods] = []
     try:
         for step, replicas in enumerate((1, 2, 3)):
-            pods = Pods(env, tmp_path, replicas, step)
+            pods = Pods(env, tmp_path, replicas, log_prefix=f"step{step}-")
             started_pods.append(pods)
             epoch_before = committed_epoch(store) if store.exists() else 0
             deadline = time.monotonic() + 90
@@ -139,7 +88,7 @@ def test_rescale_1_2_3_1_equals_an_uninterrupted_run(broker, chdb_dir: Path, tmp
                 pods.check_running()
                 assert time.monotonic() < deadline, f"step {step} ({replicas} pods) committed no snapshot"
                 time.sleep(0.05)
-            assert pods.terminate() == [0] * replicas, f"step {step}: every pod drains and exits 0 on SIGTERM"
+            assert pods.stop(30) == [0] * replicas, f"step {step}: every pod drains and exits 0 on SIGTERM"
             resumed_at.append(sum(resume_offsets(store).values()))
             assert resumed_at[-2] < resumed_at[-1] < total, (
                 f"step {step} must stop mid-stream: resume offsets {resumed_at} of {total} messages")
@@ -152,10 +101,10 @@ def test_rescale_1_2_3_1_equals_an_uninterrupted_run(broker, chdb_dir: Path, tmp
         # windows by idleness sooner than the default 15 s (settings that may change at any restart). Idle-closing
         # counts wall-clock silence from the resume on: the resumed processes must read on within that time, which a
         # cluster starting on this loaded 2-core machine does not always do within a few seconds.
-        final = Pods({**env, "KAFKA_BATCH_SIZE": "10000", "IDLE_CLOSE_SECONDS": "6"}, tmp_path, 1, 3)
+        final = Pods({**env, "KAFKA_BATCH_SIZE": "10000", "IDLE_CLOSE_SECONDS": "6"}, tmp_path, 1, log_prefix="step3-")
         started_pods.append(final)
         wait_until_caught_up(final.metrics[0], final.processes[0], final.logs[0])
-        assert final.terminate() == [0]
+        assert final.stop(30) == [0]
     finally:
         for pods in started_pods:  # a failed step leaves nothing running
             for process in pods.processes:
