@@ -29,7 +29,7 @@ import string
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -64,14 +64,11 @@ MACHINES = tuple(_FLEET_RNG.choice(_ID_FIRST) + "".join(_FLEET_RNG.choices(_ID_R
 
 @dataclass(frozen=True)
 class Case:
-    """One generated message and the outcome it must get (`ACCEPTED` or a dead-letter reason).
-
-    `headers`: the Kafka headers (device signature), when the run checks signatures (see `sign_cases`)."""
+    """One generated message and the outcome it must get (`ACCEPTED` or a dead-letter reason)."""
 
     value: bytes
     expected: str
     category: str
-    headers: Sequence[tuple[str, bytes | None]] | None = None  # Kafka allows a header without a value
 
 
 def valid_reading(rng: random.Random) -> dict:
@@ -322,8 +319,7 @@ class Account:
 def decode_and_check(decoder: BatchDecoder, cases: list[Case], first_offset: int, account: Account) -> None:
     """Decode one poll of `cases`; raises AssertionError naming the first message whose outcome is wrong."""
     offsets = list(range(first_offset, first_offset + len(cases)))
-    headers = [c.headers for c in cases] if decoder.signatures is not None else None
-    batch = RawBatch("telemetry", 0, offsets, [c.value for c in cases], headers=cast(list, headers))
+    batch = RawBatch("telemetry", 0, offsets, [c.value for c in cases])
     out = decoder.decode(batch, now_ms=NOW_MS)
     got: dict[int, str] = {}
     for letter in out.dead_letters:

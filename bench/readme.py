@@ -538,7 +538,7 @@ def device_auth(results: Results) -> str:
         f"{n(r['input']['machines'])} machines, broker bypassed, medians of {len(unsigned['runs'])} interleaved runs): "
         f"**{n(unsigned['events_per_s'])} readings/s** unsigned, **{n(signed['events_per_s'])} readings/s** with every "
         f"signature verified: a throughput loss of **{r['throughput_loss']:.0%}** "
-        f"({r['verify_us_per_message']} µs per message, building the header lists included). The target is at "
+        f"({r['verify_us_per_message']} µs per message). The target is at "
         f"most {r['target_loss']:.0%} ({met}).",
         "",
         source(results, "device_auth"),

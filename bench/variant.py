@@ -38,7 +38,7 @@ from flows.decode import DecodedBatch, ValidationLimits
 from flows.pipeline import PipelineConfig, process_telemetry
 from flows.rules import load_rules
 from flows.window_state import WindowConfig
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
+from plantpulse.device_signing import sign_reading
 from plantpulse.schema import RawBatch
 from plantpulse.settings import PACKAGED_RULES_FILE, Settings
 
@@ -58,9 +58,8 @@ class KafkaLikePolls:
         table = pq.read_table(path, columns=["machine_id", "raw"])
         self.raw = table["raw"].combine_chunks()
         encoded = table["machine_id"].combine_chunks().dictionary_encode()
-        self.signatures: tuple[pa.Array, pa.Array] | None = None
-        if keys_file is not None:
-            self.signatures = _sign_as_devices(encoded, self.raw, keys_file)
+        if keys_file is not None:  # the values as the devices send them, signed (before the timed run)
+            self.raw = _sign_as_devices(encoded, self.raw, keys_file)
         machine_partition = np.array(
             [zlib.crc32(m.encode()) % PARTITIONS for m in encoded.dictionary.to_pylist()], dtype=np.int64
         )
@@ -75,27 +74,19 @@ class KafkaLikePolls:
                 rows = self.rows[p][cursor[p] : cursor[p] + BATCH]
                 if len(rows):
                     values = self.raw.take(pa.array(rows)).to_pylist()
-                    headers = None
-                    if self.signatures is not None:
-                        # What the Kafka source hands on (timed here, as there): each message's header list, as
-                        # `Message.headers()` gives it.
-                        kids, sigs = (column.take(pa.array(rows)).to_pylist() for column in self.signatures)
-                        headers = [[(KEY_ID_HEADER, k), (SIGNATURE_HEADER, s)] for k, s in zip(kids, sigs)]
-                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values,
-                                   headers=headers)
+                    yield RawBatch("telemetry", p, list(range(cursor[p], cursor[p] + len(rows))), values)
                     cursor[p] += len(rows)
 
 
-def _sign_as_devices(machine_ids: pa.DictionaryArray, raw: pa.Array, keys_file: Path) -> tuple[pa.Array, pa.Array]:
-    """A key per machine in a new registry at `keys_file`, and every message's key id and signature, as the
-    devices would have sent them (before the timed run)."""
+def _sign_as_devices(machine_ids: pa.DictionaryArray, raw: pa.Array, keys_file: Path) -> pa.Array:
+    """A key per machine in a new registry at `keys_file`, and every message signed by its machine's key, as
+    the devices would have sent it."""
     registry = KeyRegistry()
     keys = [registry.create(machine_id) for machine_id in machine_ids.dictionary.to_pylist()]
     registry.save(keys_file)
-    codes = machine_ids.indices.to_numpy()
-    key_ids = pa.array([k.key_id.encode() for k in keys], pa.binary()).take(pa.array(codes))
-    signatures = pa.array([sign(keys[c].secret, v) for c, v in zip(codes.tolist(), raw.to_pylist())], pa.binary())
-    return key_ids, signatures
+    codes = machine_ids.indices.to_numpy().tolist()
+    return pa.array([sign_reading(keys[c].key_id, keys[c].secret, v) for c, v in zip(codes, raw.to_pylist())],
+                    pa.binary())
 
 
 def run_flow(

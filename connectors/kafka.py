@@ -161,10 +161,8 @@ class _TelemetryPartition(StatefulSourcePartition[RawBatch, int]):
             # malformed (dead letter) instead of tripping over None. The scan is C-speed and rarely hits.
             values = [b"" if v is None else v for v in values]
         keys: list[bytes | None] = [m.key() for m in msgs]
-        # The device signature (plantpulse.device_signing) travels in the headers; the flow's C check reads them.
-        headers = [m.headers() for m in msgs]
-        batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys,
-                         headers=headers)  # type: ignore[arg-type]
+        # Headers are not read: the device signature travels in the value (plantpulse.device_signing).
+        batch = RawBatch(self._topic, self._partition, offsets, cast("list[bytes]", values), keys)
         self._next_offset = offsets[-1] + 1
         self._consumed.inc(len(offsets))
         # A short poll means the local queue is drained: wait a moment so the next batch is a useful size

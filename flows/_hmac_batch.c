@@ -1,19 +1,21 @@
 /* Device-signature checks of a whole poll in one call (flows/device_auth.py).
  *
  * Python's hashlib costs about 3 us of interpreter work per message; this loop costs what OpenSSL's SHA-256
- * costs (about 4 blocks per reading). Each key's SHA-256 state after its inner (key XOR 0x36) and outer
- * (key XOR 0x5c) block is computed once per registry load (RFC 2104), copied per message, and the digest is
- * compared with the hex signature the device sent, touching every byte (no early exit). The GIL is released
- * while the HMACs are computed.
+ * costs (about 4 blocks per reading). Each key's SHA-256 chaining value after its inner (key XOR 0x36) and
+ * outer (key XOR 0x5c) block is computed once per registry load (RFC 2104) and resumed per message, and the
+ * digest is compared with the hex signature the device sent, touching every byte (no early exit). The GIL is
+ * released while the HMACs are computed.
  *
- * key_states(secret: bytes) -> bytes: the two precomputed states of one key (its row in `states` below).
- * check(values, headers, rows_by_key_id, revoked, states, skip) -> (codes: bytes, rows: bytes):
- *   values, headers: lists of one poll, one item per message (its value; its Kafka headers or None, read as
- *   plantpulse.device_signing does);
+ * key_states(secret: bytes) -> bytes: the two precomputed chaining values of one key (its row in `states`).
+ * check(values, rows_by_key_id, revoked, states, skip) -> (codes: bytes, rows: bytes, bodies: bytes):
+ *   values: the list of one poll's message values, each read as plantpulse.device_signing.split_signed does
+ *   (the body, then `,"pp_kid":"<key id>","pp_sig":"<64 hex>"}`), without copying;
  *   rows_by_key_id: dict key id (bytes) -> row in `states`; revoked: one byte per row (1 = revoked);
  *   skip: None or one byte per message (1 = not checked: the caller refused it already).
- *   codes: one byte per message (the CODE_ constants below); rows: int32 per message, the key's row or -1.
- *   No Python object is created per message: the only per-message work holding the GIL is a dict lookup.
+ *   codes: one byte per message (the CODE_ constants below); rows: int32 per message, the key's row or -1;
+ *   bodies: the signed bodies of the messages that verified, in order, joined by newlines (what the decoder
+ *   parses: the two signature members are not parsed again).
+ *   The per-message work holding the GIL is finding the two members and one dict lookup of the key id.
  */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_CTX: the low-level API lets a precomputed state be copied */
@@ -23,7 +25,11 @@
 #include <string.h>
 
 #define BLOCK 64
-#define STATE_BYTES (2 * sizeof(SHA256_CTX))
+/* A key's two chaining values (8 words each) after its inner and outer pad block: 64 bytes, one cache line per
+ * key, so that 10,000 keys' states fit in cache far better than two whole SHA256_CTX (224 bytes) would. */
+#define STATE_WORDS 8
+#define STATE_BYTES (2 * STATE_WORDS * sizeof(SHA_LONG))
+#define PREFETCH_AHEAD 8
 
 static PyObject *key_states(PyObject *self, PyObject *args) {
     Py_buffer secret;
@@ -34,74 +40,90 @@ static PyObject *key_states(PyObject *self, PyObject *args) {
         return NULL;
     }
     unsigned char pad[BLOCK];
-    SHA256_CTX states[2];
+    SHA_LONG states[2 * STATE_WORDS];
     for (int which = 0; which < 2; which++) {
+        SHA256_CTX c;
         memset(pad, which == 0 ? 0x36 : 0x5c, BLOCK);
         for (Py_ssize_t i = 0; i < secret.len; i++) pad[i] ^= ((const unsigned char *)secret.buf)[i];
-        SHA256_Init(&states[which]);
-        SHA256_Update(&states[which], pad, BLOCK);
+        SHA256_Init(&c);
+        SHA256_Update(&c, pad, BLOCK);
+        memcpy(&states[which * STATE_WORDS], c.h, sizeof c.h);
     }
     PyBuffer_Release(&secret);
     return PyBytes_FromStringAndSize((const char *)states, STATE_BYTES);
 }
 
-static int hex_value(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+/* A SHA-256 context that has hashed one block (a key's pad) and reached the chaining value `h`. */
+static void resume_after_pad(SHA256_CTX *c, const SHA_LONG *h) {
+    SHA256_Init(c);
+    memcpy(c->h, h, sizeof c->h);
+    c->Nl = 8 * BLOCK; /* bits hashed so far: the length SHA256_Final encodes counts the pad block */
+}
+
+/* Whether HMAC-SHA256 of the body (the `body_size` bytes at `value`, then the closing brace) under the key whose
+ * two chaining values start at `key` equals the 64 lower-case hex characters at `hex` (every byte compared). */
+static int hmac_matches(const SHA_LONG *key, const unsigned char *value, size_t body_size, const unsigned char *hex) {
+    SHA256_CTX c;
+    unsigned char inner[SHA256_DIGEST_LENGTH], mac[SHA256_DIGEST_LENGTH];
+    resume_after_pad(&c, key);
+    SHA256_Update(&c, value, body_size);
+    SHA256_Update(&c, "}", 1);
+    SHA256_Final(inner, &c);
+    resume_after_pad(&c, key + STATE_WORDS);
+    SHA256_Update(&c, inner, sizeof inner);
+    SHA256_Final(mac, &c);
+    /* Compared as lower-case hex text, without a branch on the data: decoding the device's hex digit by digit
+     * mispredicts a branch about every other digit, which cost as much as the hashing. */
+    static const char digits[] = "0123456789abcdef";
+    unsigned int diff = 0;
+    for (int j = 0; j < SHA256_DIGEST_LENGTH; j++)
+        diff |= (unsigned int)(hex[2 * j] ^ digits[mac[j] >> 4]) | (unsigned int)(hex[2 * j + 1] ^ digits[mac[j] & 15]);
+    return diff == 0;
+}
+
+/* The wire format's pieces (plantpulse/device_signing.py). */
+static const char KEY_ID_MEMBER[] = ",\"pp_kid\":\"";
+static const char SIGNATURE_MEMBER[] = "\",\"pp_sig\":\"";
+#define KEY_ID_MEMBER_SIZE ((Py_ssize_t)sizeof KEY_ID_MEMBER - 1)
+#define SIGNATURE_MEMBER_SIZE ((Py_ssize_t)sizeof SIGNATURE_MEMBER - 1)
+#define END_SIZE 2 /* "} */
+#define SIGNATURE_HEX 64
+
+/* The last start of `needle` (m bytes) lying wholly inside the first `hi` bytes of `text`, or -1 (Python's
+ * rfind). Searched from the end: a signed message's members are found at the first or after a key id's
+ * length of steps; only a message without them is scanned whole (it is at most the payload limit). */
+static Py_ssize_t rfind_before(const char *text, Py_ssize_t hi, const char *needle, Py_ssize_t m) {
+    for (Py_ssize_t at = hi - m; at >= 0; at--)
+        if (text[at] == needle[0] && memcmp(text + at, needle, (size_t)m) == 0) return at;
     return -1;
 }
 
-/* Whether HMAC-SHA256 of `message` under the key whose two states start at `key` equals the 64 lower-case hex
- * characters at `hex` (every byte compared). */
-static int hmac_matches(const SHA256_CTX *key, const unsigned char *message, size_t size, const unsigned char *hex) {
-    SHA256_CTX c;
-    unsigned char inner[SHA256_DIGEST_LENGTH], mac[SHA256_DIGEST_LENGTH];
-    memcpy(&c, &key[0], sizeof c);
-    SHA256_Update(&c, message, size);
-    SHA256_Final(inner, &c);
-    memcpy(&c, &key[1], sizeof c);
-    SHA256_Update(&c, inner, sizeof inner);
-    SHA256_Final(mac, &c);
-    unsigned int diff = 0, bad_hex = 0;
-    for (int j = 0; j < SHA256_DIGEST_LENGTH; j++) {
-        int high = hex_value(hex[2 * j]), low = hex_value(hex[2 * j + 1]);
-        bad_hex |= (unsigned int)(high < 0) | (unsigned int)(low < 0);
-        diff |= (unsigned int)(mac[j] ^ (unsigned char)((high << 4) | (low & 15)));
-    }
-    return diff == 0 && bad_hex == 0;
+/* Where the key id member and the signature member start in a value of `n` bytes (split_signed's reading);
+ * 0 when the value carries no signature members. */
+static int find_members(const char *value, Py_ssize_t n, Py_ssize_t *key_id_at, Py_ssize_t *signature_at) {
+    if (n < END_SIZE || value[n - 2] != '"' || value[n - 1] != '}') return 0;
+    Py_ssize_t end = n - END_SIZE;
+    *signature_at = rfind_before(value, end, SIGNATURE_MEMBER, SIGNATURE_MEMBER_SIZE);
+    if (*signature_at < 0) return 0;
+    *key_id_at = rfind_before(value, *signature_at, KEY_ID_MEMBER, KEY_ID_MEMBER_SIZE);
+    return *key_id_at >= 0;
 }
 
 enum { CODE_OK, CODE_UNSIGNED, CODE_UNKNOWN_KEY, CODE_REVOKED, CODE_MALFORMED_SIGNATURE, CODE_MISMATCH, CODE_SKIPPED };
 
 typedef struct {
-    Py_ssize_t message;
+    Py_ssize_t message, body_size, signature;  /* the body's size without its brace; where the hex starts */
     int32_t row;
-    PyObject *value, *signature; /* held (INCREF) while the GIL is released */
+    PyObject *value; /* held (INCREF) while the GIL is released */
 } Pending;
 
-/* The values of the `pp-kid` and `pp-sig` headers in one message's Kafka headers (a list of (name, value)
- * tuples, or None), as borrowed references; Py_None where missing. As dict(headers): the last one of a name
- * wins; an item that is not a (str, value) pair is ignored. */
-static void header_fields(PyObject *headers, PyObject **key_id, PyObject **signature) {
-    *key_id = *signature = Py_None;
-    if (!PyList_Check(headers) && !PyTuple_Check(headers)) return;
-    Py_ssize_t m = PySequence_Fast_GET_SIZE(headers);
-    for (Py_ssize_t j = 0; j < m; j++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(headers, j);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))) continue;
-        PyObject *name = PyTuple_GET_ITEM(item, 0);
-        if (PyUnicode_CompareWithASCIIString(name, "pp-kid") == 0) *key_id = PyTuple_GET_ITEM(item, 1);
-        else if (PyUnicode_CompareWithASCIIString(name, "pp-sig") == 0) *signature = PyTuple_GET_ITEM(item, 1);
-    }
-}
-
 static PyObject *check(PyObject *self, PyObject *args) {
-    PyObject *values, *headers, *rows_by_key, *skip_obj;
+    PyObject *values, *rows_by_key, *skip_obj;
     Py_buffer revoked, states;
-    if (!PyArg_ParseTuple(args, "O!O!O!y*y*O", &PyList_Type, &values, &PyList_Type, &headers, &PyDict_Type,
-                          &rows_by_key, &revoked, &states, &skip_obj))
+    if (!PyArg_ParseTuple(args, "O!O!y*y*O", &PyList_Type, &values, &PyDict_Type, &rows_by_key, &revoked, &states,
+                          &skip_obj))
         return NULL;
-    PyObject *result = NULL, *codes_obj = NULL, *rows_obj = NULL;
+    PyObject *result = NULL, *codes_obj = NULL, *rows_obj = NULL, *bodies_obj = NULL;
     Pending *pending = NULL;
     Py_ssize_t n_pending = 0;
     Py_buffer skip = {0};
@@ -109,8 +131,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
     Py_ssize_t n = PyList_GET_SIZE(values);
     Py_ssize_t n_keys = states.len / (Py_ssize_t)STATE_BYTES;
     if (have_skip && PyObject_GetBuffer(skip_obj, &skip, PyBUF_SIMPLE) < 0) { have_skip = 0; goto done; }
-    if (PyList_GET_SIZE(headers) != n || (have_skip && skip.len != n) ||
-        states.len % (Py_ssize_t)STATE_BYTES || revoked.len != n_keys) {
+    if ((have_skip && skip.len != n) || states.len % (Py_ssize_t)STATE_BYTES || revoked.len != n_keys) {
         PyErr_SetString(PyExc_ValueError, "hmac_batch.check: inconsistent lengths of the poll's lists or the keys");
         goto done;
     }
@@ -124,11 +145,19 @@ static PyObject *check(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         rows[i] = -1;
         if (have_skip && ((const unsigned char *)skip.buf)[i]) { codes[i] = CODE_SKIPPED; continue; }
-        PyObject *key_id, *signature;
-        header_fields(PyList_GET_ITEM(headers, i), &key_id, &signature);
         PyObject *value = PyList_GET_ITEM(values, i);
-        if (key_id == Py_None || signature == Py_None) { codes[i] = CODE_UNSIGNED; continue; }
-        PyObject *row_obj = PyBytes_CheckExact(key_id) ? PyDict_GetItemWithError(rows_by_key, key_id) : NULL;
+        Py_ssize_t key_id_at, signature_at;
+        if (!PyBytes_CheckExact(value) ||
+            !find_members(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), &key_id_at, &signature_at)) {
+            codes[i] = CODE_UNSIGNED;
+            continue;
+        }
+        const char *text = PyBytes_AS_STRING(value);
+        PyObject *key_id = PyBytes_FromStringAndSize(text + key_id_at + KEY_ID_MEMBER_SIZE,
+                                                     signature_at - key_id_at - KEY_ID_MEMBER_SIZE);
+        if (key_id == NULL) goto done;
+        PyObject *row_obj = PyDict_GetItemWithError(rows_by_key, key_id);
+        Py_DECREF(key_id);
         if (row_obj == NULL) {
             if (PyErr_Occurred()) goto done;
             codes[i] = CODE_UNKNOWN_KEY;
@@ -141,32 +170,49 @@ static PyObject *check(PyObject *self, PyObject *args) {
         }
         rows[i] = (int32_t)row;
         if (is_revoked[row]) { codes[i] = CODE_REVOKED; continue; }
-        if (!PyBytes_CheckExact(signature) || PyBytes_GET_SIZE(signature) != 64 || !PyBytes_CheckExact(value)) {
+        Py_ssize_t hex_at = signature_at + SIGNATURE_MEMBER_SIZE;
+        if (PyBytes_GET_SIZE(value) - END_SIZE - hex_at != SIGNATURE_HEX) {
             codes[i] = CODE_MALFORMED_SIGNATURE;
             continue;
         }
         Py_INCREF(value);
-        Py_INCREF(signature);
-        pending[n_pending++] = (Pending){i, (int32_t)row, value, signature};
+        pending[n_pending++] = (Pending){i, key_id_at, hex_at, (int32_t)row, value};
     }
-    const SHA256_CTX *ctx = (const SHA256_CTX *)states.buf;
+    const SHA_LONG *key_states = (const SHA_LONG *)states.buf;
+    Py_ssize_t bodies_size = 0, n_ok = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < n_pending; j++) {
         const Pending *p = &pending[j];
-        int good = hmac_matches(&ctx[2 * p->row], (const unsigned char *)PyBytes_AS_STRING(p->value),
-                                (size_t)PyBytes_GET_SIZE(p->value), (const unsigned char *)PyBytes_AS_STRING(p->signature));
+        if (j + PREFETCH_AHEAD < n_pending) {
+            /* The keys of a poll are scattered over the registry: fetch a later message's key while this one
+             * is hashed. */
+            __builtin_prefetch(&key_states[2 * STATE_WORDS * pending[j + PREFETCH_AHEAD].row]);
+        }
+        const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(p->value);
+        int good = hmac_matches(&key_states[2 * STATE_WORDS * p->row], text, (size_t)p->body_size,
+                                text + p->signature);
         codes[p->message] = good ? CODE_OK : CODE_MISMATCH;
+        if (good) { bodies_size += p->body_size + 2; n_ok++; } /* the brace, and a newline (one too many) */
     }
     Py_END_ALLOW_THREADS
-    result = PyTuple_Pack(2, codes_obj, rows_obj);
-done:
+    bodies_obj = PyBytes_FromStringAndSize(NULL, n_ok ? bodies_size - 1 : 0);
+    if (bodies_obj == NULL) goto done;
+    char *out = PyBytes_AS_STRING(bodies_obj);
     for (Py_ssize_t j = 0; j < n_pending; j++) {
-        Py_DECREF(pending[j].value);
-        Py_DECREF(pending[j].signature);
+        const Pending *p = &pending[j];
+        if (codes[p->message] != CODE_OK) continue;
+        if (out != PyBytes_AS_STRING(bodies_obj)) *out++ = '\n';
+        memcpy(out, PyBytes_AS_STRING(p->value), (size_t)p->body_size);
+        out += p->body_size;
+        *out++ = '}';
     }
+    result = PyTuple_Pack(3, codes_obj, rows_obj, bodies_obj);
+done:
+    for (Py_ssize_t j = 0; j < n_pending; j++) Py_DECREF(pending[j].value);
     PyMem_Free(pending);
     Py_XDECREF(codes_obj);
     Py_XDECREF(rows_obj);
+    Py_XDECREF(bodies_obj);
     if (have_skip) PyBuffer_Release(&skip);
     PyBuffer_Release(&revoked);
     PyBuffer_Release(&states);
@@ -174,8 +220,9 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"key_states", key_states, METH_VARARGS, "The precomputed inner and outer SHA-256 states of one HMAC key."},
-    {"check", check, METH_VARARGS, "Check a poll's device signatures; (one code byte, one int32 key row) per message."},
+    {"key_states", key_states, METH_VARARGS, "The precomputed inner and outer SHA-256 chaining values of one HMAC key."},
+    {"check", check, METH_VARARGS,
+     "Check a poll's device signatures: (one code byte, one int32 key row) per message, and the verified bodies."},
     {NULL, NULL, 0, NULL},
 };
 

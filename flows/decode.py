@@ -138,27 +138,27 @@ class BatchDecoder:
         """Decode one poll; `now_ms` is the wall clock the timestamp checks compare against."""
         values = batch.values
         dead: list[DeadLetter] = []
-        # `joined`: one copy of the poll, searched for channels and parsed by the batch reader.
+        # `joined`: one copy of the candidates, searched for channels and parsed by the batch reader.
         limit = self.limits.max_payload_bytes
-        if isinstance(values, BinaryValues):
-            sizes, joined = values.sizes(), values.joined()
-        else:
-            sizes, joined = np.fromiter(map(len, values), dtype=np.int64, count=len(values)), b"\n".join(values)
+        sizes = values.sizes() if isinstance(values, BinaryValues) else np.fromiter(map(len, values), np.int64, len(values))
         oversized = np.flatnonzero(sizes > limit)
         for i in oversized.tolist():
             dead.append(_dead(batch, i, OVERSIZED, f"payload is {sizes[i]} bytes, limit {limit}"))
         candidates = np.flatnonzero(sizes <= limit).tolist() if len(oversized) else list(range(len(values)))
-        if len(oversized):  # what is over the limit is neither scanned nor copied again
-            joined = b"\n".join(values[i] for i in candidates)
         verdicts = None
         if self.signatures is not None:
-            # Before parsing: bytes that no device vouches for are never parsed.
+            # Before parsing: bytes that no device vouches for are never parsed. The check hands back the signed
+            # bodies of the rest, joined: the signature members are not parsed.
             verdicts = self.signatures.check(batch, candidates)
             if verdicts.refused:
                 for i, reason, detail in verdicts.refused:
                     dead.append(_dead(batch, i, reason, detail))
                 candidates = verdicts.accepted().tolist()
-                joined = b"\n".join(values[i] for i in candidates) if candidates else b""
+            joined = verdicts.bodies
+        elif len(oversized):  # what is over the limit is neither scanned nor copied again
+            joined = b"\n".join(values[i] for i in candidates)
+        else:
+            joined = values.joined() if isinstance(values, BinaryValues) else b"\n".join(values)
         # Depth is bounded before parsing too: parsers recurse per level (msgspec fails at a depth that depends
         # on the caller's stack), so a deep message is refused here, like an oversized one.
         deep = set(too_deep(values, joined, candidates)) if candidates else set()
@@ -172,15 +172,14 @@ class BatchDecoder:
         readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, verdicts)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
-    def _parse(
-        self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter], joined: bytes | None = None
-    ) -> pa.Table:
-        """Parse candidates into a wire-schema table; drops (and dead-letters) unparseable ones in place."""
+    def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter], joined: bytes) -> pa.Table:
+        """Parse candidates (`joined`: them, or their signed bodies, joined by newlines) into a wire-schema
+        table; drops (and dead-letters) unparseable ones in place."""
         if not candidates:
             return WIRE_ARROW_SCHEMA.empty_table()
         values = batch.values
         every = len(candidates) == len(values)
-        table = _read_json_lines(values if every else [values[i] for i in candidates], joined if every else None)
+        table = _read_json_lines(values if every else [values[i] for i in candidates], joined)
         if table is not None:
             return table
         keep = []
@@ -362,8 +361,8 @@ def _raw_column(values: list[bytes] | BinaryValues, rows: list[int], sizes: np.n
 
 
 def _read_json_lines(values: Sequence[bytes], joined: bytes | None = None) -> pa.Table | None:
-    """Parse newline-delimited messages in one call (`joined`: them joined by newlines already); None when any
-    message spoils the batch."""
+    """Parse newline-delimited messages in one call (`joined`: them, or their signed bodies, joined by newlines
+    already); None when any message spoils the batch."""
     if joined is None:
         joined = b"\n".join(values)
     line_breaks = np.count_nonzero(np.frombuffer(joined, dtype=np.uint8) == ord("\n"))  # 2x bytes.count

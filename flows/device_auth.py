@@ -1,14 +1,15 @@
 """Device signature checks for one poll, before any message is parsed (the wire format:
 `plantpulse.device_signing`).
 
-A message without both headers is `unsigned`; a key id the registry does not hold is `unknown_device`; a
+A message without the two signature members is `unsigned`; a key id the registry does not hold is `unknown_device`; a
 revoked key is `revoked_key`; a signature that does not match the value is `bad_signature`. A message that
 passes is remembered with its key's machine, and the decode step refuses it as `identity_mismatch` when the
 reading names another machine.
 
-A poll is checked in one call to `flows._hmac_batch.check` (C against OpenSSL, built at install): key lookup,
-revocation, signature shape and HMAC, without a Python object per message. Without that extension (no
-compiler at install) the same checks run in Python, several times slower, and the flow logs so once.
+A poll is checked in one call to `flows._hmac_batch.check` (C against OpenSSL, built at install): finding the
+members, key lookup, revocation, signature shape and HMAC; it also hands back the verified bodies joined by
+newlines, which is what the decoder parses. Without that extension (no compiler at install) the same checks
+run in Python, several times slower, and the flow logs so once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from connectors.device_registry import REVOKED, KeyRegistry, RegistryWatcher
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, signature_fields
+from plantpulse.device_signing import SIGNATURE_HEX, split_signed
 from plantpulse.schema import RawBatch
 
 try:
@@ -38,7 +39,6 @@ UNKNOWN_DEVICE = "unknown_device"
 REVOKED_KEY = "revoked_key"
 BAD_SIGNATURE = "bad_signature"
 IDENTITY_MISMATCH = "identity_mismatch"
-_HEX_SIGNATURE_BYTES = 64
 _SHA256_BLOCK = 64
 
 
@@ -48,11 +48,13 @@ OK, NO_SIGNATURE, NO_SUCH_KEY, KEY_REVOKED, MALFORMED_SIGNATURE, MISMATCH, SKIPP
 
 @dataclass
 class Verdicts:
-    """A poll's check: per message its key's row (-1 when refused or not checked) and the refusals."""
+    """A poll's check: per message its key's row (-1 when refused or not checked), the refusals, and the signed
+    bodies of the accepted messages (in `accepted()` order, joined by newlines)."""
 
     signer_rows: np.ndarray  # int32, one per message of the poll
     machines: pa.Array  # key row -> the machine that key belongs to
     refused: list[tuple[int, str, str]]  # (message index, reason, detail)
+    bodies: bytes
 
     def accepted(self) -> np.ndarray:
         """Indices of the messages whose signature verified."""
@@ -112,66 +114,59 @@ class SignatureCheck:
             mask = np.ones(len(values), dtype=np.uint8)
             mask[np.asarray(candidates, dtype=np.int64)] = 0
             skip = mask.tobytes()
-        key_ids: Sequence[bytes | None] | None = None
-        signatures: Sequence[bytes | None] | None = None
-        headers = batch.headers if batch.headers is not None else [None] * len(values)
         if self.compiled:
-            # The C check reads the two headers itself: no per-message Python work before it.
-            code_bytes, row_bytes = _hmac_batch.check(values, list(headers), keys.row, keys.revoked, keys.states,
-                                                      skip)
+            code_bytes, row_bytes, bodies = _hmac_batch.check(values, keys.row, keys.revoked, keys.states, skip)
         else:
-            key_ids, signatures = signature_fields(headers)
-            code_bytes, row_bytes = self._check_in_python(keys, values, key_ids, signatures, skip)
+            code_bytes, row_bytes, bodies = self._check_in_python(keys, values, skip)
         codes, rows = np.frombuffer(code_bytes, np.uint8), np.frombuffer(row_bytes, np.int32)
-        refusals = np.flatnonzero((codes != OK) & (codes != SKIPPED)).tolist()
-        if refusals and key_ids is None:
-            key_ids, signatures = signature_fields(headers)  # only to name what was refused
         signer_rows = np.where(codes == OK, rows, -1).astype(np.int32)
-        refused = [(i, *self._reason(keys, int(codes[i]), rows[i], key_ids[i], signatures[i]))  # type: ignore[index]
-                   for i in refusals]
-        return Verdicts(signer_rows, keys.machines, refused)
+        refused = [(i, *self._reason(keys, int(codes[i]), int(rows[i]), values[i]))
+                   for i in np.flatnonzero((codes != OK) & (codes != SKIPPED)).tolist()]
+        return Verdicts(signer_rows, keys.machines, refused, bodies)
 
     @staticmethod
-    def _reason(keys: _Keys, code: int, row: int, key_id: bytes | None, signature: bytes | None) -> tuple[str, str]:
+    def _reason(keys: _Keys, code: int, row: int, value: bytes) -> tuple[str, str]:
         if code == NO_SIGNATURE:
-            return UNSIGNED, f"no {KEY_ID_HEADER} and {SIGNATURE_HEADER} headers"
+            return UNSIGNED, 'no "pp_kid" and "pp_sig" members at the end of the message'
+        members = split_signed(value) if isinstance(value, bytes) else None
+        key_id, signature = members[1:] if members else (b"", b"")
         if code == NO_SUCH_KEY:
-            name = key_id.decode("utf-8", "replace")[:80] if isinstance(key_id, bytes) else repr(key_id)[:80]
-            return UNKNOWN_DEVICE, f"key id {name!r} is not in the device key registry"
+            return UNKNOWN_DEVICE, f"key id {key_id.decode('utf-8', 'replace')[:80]!r} is not in the device key registry"
         if code == KEY_REVOKED:
             return REVOKED_KEY, f"key {keys.key_id[row]} of {keys.machines[row].as_py()} is revoked"
         if code == MALFORMED_SIGNATURE:
-            size = len(signature) if isinstance(signature, bytes) else 0
-            return BAD_SIGNATURE, f"signature is {size} bytes, not 64 hex characters"
+            return BAD_SIGNATURE, f"signature is {len(signature)} bytes, not {SIGNATURE_HEX} hex characters"
         return BAD_SIGNATURE, f"signature does not match the message under key {keys.key_id[row]}"
 
     @staticmethod
-    def _check_in_python(
-        keys: _Keys, values: list[bytes], key_ids: Sequence[bytes | None], signatures: Sequence[bytes | None],
-        skip: bytes | None,
-    ) -> tuple[bytes, bytes]:
+    def _check_in_python(keys: _Keys, values: list[bytes], skip: bytes | None) -> tuple[bytes, bytes, bytes]:
         """What `flows._hmac_batch.check` computes, with hashlib (when the extension was not built)."""
         codes = np.full(len(values), SKIPPED, dtype=np.uint8)
         rows = np.full(len(values), -1, dtype=np.int32)
-        for i, (value, key_id, signature) in enumerate(zip(values, key_ids, signatures)):
+        bodies = []
+        for i, value in enumerate(values):
             if skip is not None and skip[i]:
                 continue
-            if key_id is None or signature is None:
+            members = split_signed(value) if isinstance(value, bytes) else None
+            if members is None:
                 codes[i] = NO_SIGNATURE
                 continue
-            row = keys.row.get(key_id) if isinstance(key_id, bytes) else None
+            body, key_id, signature = members
+            row = keys.row.get(key_id)
             if row is None:
                 codes[i] = NO_SUCH_KEY
                 continue
             rows[i] = row
             if keys.revoked[row]:
                 codes[i] = KEY_REVOKED
-            elif not isinstance(signature, bytes) or len(signature) != _HEX_SIGNATURE_BYTES:
+            elif len(signature) != SIGNATURE_HEX:
                 codes[i] = MALFORMED_SIGNATURE
             else:
                 inner = keys.inner[row].copy()
-                inner.update(value)
+                inner.update(body)
                 outer = keys.outer[row].copy()
                 outer.update(inner.digest())
                 codes[i] = OK if hmac.compare_digest(outer.hexdigest().encode(), signature) else MISMATCH
-        return codes.tobytes(), rows.tobytes()
+                if codes[i] == OK:
+                    bodies.append(body)
+        return codes.tobytes(), rows.tobytes(), b"\n".join(bodies)

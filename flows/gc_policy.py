@@ -1,12 +1,11 @@
 """The garbage-collector thresholds of a process that runs the telemetry flow.
 
-A poll keeps one header list and two tuples per message alive until it is decoded (confluent-kafka's
-`Message.headers()`, needed for device signatures). With CPython's default young-generation threshold (700
-allocations) those containers outlive several young collections, are promoted to the oldest generation, and
-a poll or two later force a full collection of the flow's whole state: with 10,000 machines about 20 full
-collections per million signed readings, most of the verification cost the device-auth benchmark measured
-(`python -m bench.run --only device-auth`). A young threshold above one poll's containers lets them die young;
-the unsigned flow, which keeps nothing per message alive, is unaffected.
+A poll keeps GC-tracked objects per message alive until it is decoded (the Kafka client's `Message` objects;
+when device signatures were Kafka headers, also a header list and two tuples each). With CPython's default
+young-generation threshold (700 allocations) they outlive several young collections, are promoted to the
+oldest generation, and a poll or two later force a full collection of the flow's whole state: with the
+header lists, about 20 full collections per million signed readings in the device-auth benchmark. A young
+threshold above one poll's objects lets them die young.
 """
 
 from __future__ import annotations

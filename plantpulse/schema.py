@@ -330,8 +330,8 @@ class BinaryValues(Sequence[bytes]):
 class RawBatch(msgspec.Struct, frozen=True):
     """Undecoded messages pulled from one Kafka partition in one poll: the unit the flow decodes at once.
 
-    `offsets[i]` is the Kafka offset of `values[i]`; `keys[i]` its message key (or None); `headers[i]` its
-    Kafka headers (or None), where the device signature travels (`plantpulse.device_signing`).
+    `offsets[i]` is the Kafka offset of `values[i]`; `keys[i]` its message key (or None). A device's
+    signature travels in its value (`plantpulse.device_signing`).
     Sources that do not read Kafka (benchmarks, replays) use partition -1 and their own row numbers;
     a recording's polls carry `BinaryValues`.
     """
@@ -341,7 +341,6 @@ class RawBatch(msgspec.Struct, frozen=True):
     offsets: list[int]
     values: list[bytes] | BinaryValues
     keys: list[bytes | None] | BinaryValues | None = None
-    headers: list[list[tuple[str, bytes | None]] | None] | None = None  # Kafka allows a header without a value
 
 
 def binary_array(values: list[bytes], sizes: np.ndarray | None = None) -> pa.Array:

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, Producer
 
 from connectors.device_registry import KeyRegistry
 from connectors.topics import ensure_topics
-from plantpulse.device_signing import KEY_ID_HEADER, SIGNATURE_HEADER, sign
+from plantpulse.device_signing import sign_reading
 from plantpulse.settings import Settings
 from sim.faults import FaultLabel
 from sim.imperfections import DUPLICATE, IMPERFECTION_LABELS, MALFORMED_BASE
@@ -177,9 +177,9 @@ def produce(
         while i < len(values):
             value, key = values[i], keys[i]
             key_id, secret = signers[key]
-            headers = [(KEY_ID_HEADER, key_id), (SIGNATURE_HEADER, sign(secret, value))]
+            signed = sign_reading(key_id, secret, value)
             try:
-                produce_to_topic(value, key, headers=headers)
+                produce_to_topic(signed, key)
                 i += 1
             except BufferError:
                 poll(0.05)  # local queue full: retry this message once delivery reports have made room

@@ -1,7 +1,7 @@
 """Device identity (issue 16): signed readings, the key registry, rotation, revocation and reload.
 
-Signatures are recomputed here with the standard library's `hmac` from the documented wire format
-(`plantpulse.device_signing`), not with the product's `sign()`.
+Signed values are built here with the standard library's `hmac` from the documented wire format
+(`plantpulse.device_signing`), not with the product's `sign_reading()`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from connectors.device_registry import KeyRegistry, RegistryWatcher
 from flows.decode import BatchDecoder
 from flows.device_auth import SignatureCheck
 from plantpulse.cli import app
+from plantpulse.device_signing import split_signed
 from plantpulse.schema import RawBatch
 
 NOW = 1_764_000_000_000
@@ -33,9 +34,10 @@ def reading(machine_id: str, seq: int) -> bytes:
                        "temperature": 70.0}).encode()
 
 
-def headers(key_id: str, secret: bytes, value: bytes) -> list[tuple[str, bytes]]:
-    mac = hmac.new(secret, value, hashlib.sha256).hexdigest()
-    return [("pp-kid", key_id.encode()), ("pp-sig", mac.encode())]
+def signed(key_id: str, secret: bytes, body: bytes, mac: str | None = None) -> bytes:
+    """`body` as its device sends it: the two members appended; `mac` replaces the signature text."""
+    mac = hmac.new(secret, body, hashlib.sha256).hexdigest() if mac is None else mac
+    return body[:-1] + b',"pp_kid":"' + key_id.encode() + b'","pp_sig":"' + mac.encode() + b'"}'
 
 
 def test_registry_create_rotate_revoke_and_file_mode(tmp_path: Path) -> None:
@@ -73,30 +75,30 @@ def test_each_refusal_has_its_own_reason_and_valid_readings_pass(tmp_path: Path,
     revoked = registry.create("M3")
     registry.revoke(revoked.key_id)
     registry.save(path)
-    good_old, good_new, good_m2 = reading("M1", 1), reading("M1", 2), reading("M2", 1)
-    tampered_original = reading("M2", 2)
-    tampered = tampered_original.replace(b"70.0", b"99.0")
-    cases = [  # (value, headers, expected reason or None when accepted)
-        (good_old, headers(old.key_id, old.secret, good_old), None),  # both keys verify during a rotation
-        (good_new, headers(new.key_id, new.secret, good_new), None),
-        (good_m2, headers(m2.key_id, m2.secret, good_m2), None),
-        (reading("M1", 3), None, "unsigned"),
-        (reading("M1", 4), [("pp-kid", old.key_id.encode())], "unsigned"),
-        (tampered, headers(m2.key_id, m2.secret, tampered_original), "bad_signature"),
-        (reading("M1", 5), headers(new.key_id, m2.secret, reading("M1", 5)), "bad_signature"),
-        (reading("M9", 1), headers("M9.k1", old.secret, reading("M9", 1)), "unknown_device"),
-        (reading("M3", 1), headers(revoked.key_id, revoked.secret, reading("M3", 1)), "revoked_key"),
-        (reading("M2", 3), headers(old.key_id, old.secret, reading("M2", 3)), "identity_mismatch"),
-        (b"{not json", headers(old.key_id, old.secret, b"{not json"), "not_json"),  # signed, then judged
+    tampered = signed(m2.key_id, m2.secret, reading("M2", 2)).replace(b"70.0", b"99.0")
+    cases = [  # (value, expected reason or None when accepted)
+        (signed(old.key_id, old.secret, reading("M1", 1)), None),  # both keys verify during a rotation
+        (signed(new.key_id, new.secret, reading("M1", 2)), None),
+        (signed(m2.key_id, m2.secret, reading("M2", 1)), None),
+        (reading("M1", 3), "unsigned"),
+        (reading("M1", 4)[:-1] + b',"pp_kid":"' + old.key_id.encode() + b'"}', "unsigned"),
+        (tampered, "bad_signature"),
+        (signed(new.key_id, m2.secret, reading("M1", 5)), "bad_signature"),
+        (signed("M9.k1", old.secret, reading("M9", 1)), "unknown_device"),
+        (signed(revoked.key_id, revoked.secret, reading("M3", 1)), "revoked_key"),
+        (signed(old.key_id, old.secret, reading("M2", 3)), "identity_mismatch"),
+        (signed(old.key_id, old.secret, b"{not json}"), "not_json"),  # signed, then judged
     ]
-    batch = RawBatch("telemetry", 0, list(range(100, 100 + len(cases))), [c[0] for c in cases],
-                     [b"k"] * len(cases), [c[1] for c in cases])
+    batch = RawBatch("telemetry", 0, list(range(100, 100 + len(cases))), [c[0] for c in cases], [b"k"] * len(cases))
     decoder = BatchDecoder(signatures=SignatureCheck(RegistryWatcher(path, reload_s=60), compiled=compiled))
     out = decoder.decode(batch, now_ms=NOW)
 
     assert sorted((d.offset, d.reason) for d in out.dead_letters) == sorted(
-        (100 + i, reason) for i, (_, _, reason) in enumerate(cases) if reason is not None)
-    assert out.readings["kafka_offset"].to_pylist() == [100 + i for i, c in enumerate(cases) if c[2] is None]
+        (100 + i, reason) for i, (_, reason) in enumerate(cases) if reason is not None)
+    assert out.readings["kafka_offset"].to_pylist() == [100 + i for i, c in enumerate(cases) if c[1] is None]
+    # What the flow keeps is the signed value as it came; what it read is the body the device signed.
+    assert out.readings["raw"].to_pylist() == [c[0] for c in cases if c[1] is None]
+    assert out.readings["seq"].to_pylist() == [1, 2, 1]
     assert all(d.detail and d.value == cases[d.offset - 100][0] for d in out.dead_letters)
     assert not any(old.secret.hex() in d.detail or new.secret.hex() in d.detail for d in out.dead_letters)
 
@@ -110,8 +112,7 @@ def test_rotation_and_revocation_reach_a_running_decoder_without_restart(tmp_pat
     decoder = BatchDecoder(signatures=SignatureCheck(RegistryWatcher(path, reload_s=5, monotonic=lambda: clock[0])))
 
     def outcome(key_id: str, secret: bytes, seq: int) -> str:
-        value = reading("M1", seq)
-        out = decoder.decode(RawBatch("t", 0, [seq], [value], None, [headers(key_id, secret, value)]), now_ms=NOW)
+        out = decoder.decode(RawBatch("t", 0, [seq], [signed(key_id, secret, reading("M1", seq))]), now_ms=NOW)
         return out.dead_letters[0].reason if out.dead_letters else "accepted"
 
     assert outcome(key.key_id, key.secret, 1) == "accepted"
@@ -168,66 +169,76 @@ def test_the_compiled_verifier_is_built() -> None:
 @given(st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=200), st.sampled_from(["good", "tampered", "other key",
                                                                                       "short", "upper hex"])),
                 min_size=1, max_size=40),
-       st.sampled_from([0, 55, 56, 63, 64, 119, 120, 128]))
+       st.sampled_from([0, 54, 55, 62, 63, 118, 119, 127]))
 def test_compiled_and_python_verifiers_agree_with_the_standard_library(
     tmp_path_factory: pytest.TempPathFactory, messages: list[tuple[int, bytes, str]], edge: int
 ) -> None:
+    """Arbitrary bodies (any bytes before the closing brace, even the members' own text) around SHA-256's
+    padding boundaries: both verifiers accept exactly the messages the standard library says are good, and
+    hand back exactly their bodies."""
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     registry = KeyRegistry()
     keys = [registry.create(f"M{i}") for i in range(4)]
     registry.save(path)
-    values, all_headers, expected = [], [], []
-    for position, (k, value, how) in enumerate(messages):
-        value = value if position else bytes(edge)  # the padding boundaries of SHA-256 blocks
+    values, expected = [], []
+    for position, (k, content, how) in enumerate(messages):
+        body = (content if position else bytes(edge)) + b"}"  # the signed bytes are body + nothing else
         key = keys[k]
-        mac = hmac.new(key.secret, value, hashlib.sha256).hexdigest()
-        if how == "tampered":
-            value = value + b"x"
-        elif how == "other key":
-            mac = hmac.new(keys[(k + 1) % 4].secret, value, hashlib.sha256).hexdigest()
+        mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest()
+        if how == "other key":
+            mac = hmac.new(keys[(k + 1) % 4].secret, body, hashlib.sha256).hexdigest()
         elif how == "short":
             mac = mac[:63]
         elif how == "upper hex":
             mac = mac.upper() if any(c in "abcdef" for c in mac) else mac[:-1] + "G"
+        value = signed(key.key_id, key.secret, body, mac)
+        if how == "tampered":
+            value = b"x" + value
         values.append(value)
-        all_headers.append([("pp-kid", key.key_id.encode()), ("pp-sig", mac.encode())])
         expected.append(how == "good")
-    batch = RawBatch("t", 0, list(range(len(values))), values, None, all_headers)
+    batch = RawBatch("t", 0, list(range(len(values))), values)
+    good_bodies = [bytes(edge) + b"}" if i == 0 else messages[i][1] + b"}" for i, good in enumerate(expected) if good]
     for compiled in (True, False):
         verdicts = SignatureCheck(RegistryWatcher(path), compiled=compiled).check(batch, list(range(len(values))))
         assert verdicts.accepted().tolist() == [i for i, good in enumerate(expected) if good]
         assert sorted(i for i, reason, _ in verdicts.refused if reason == "bad_signature") == [
             i for i, good in enumerate(expected) if not good]
+        assert verdicts.bodies == b"\n".join(good_bodies)
 
 
-def test_the_compiled_check_reads_headers_as_a_dict_of_them_would(tmp_path: Path) -> None:
-    """The C check reads `pp-kid`/`pp-sig` from the Kafka header lists itself; what it finds must be what
-    `dict(headers)` finds (the last of a repeated name wins), whatever else the headers hold."""
+def test_the_signature_members_are_read_exactly_as_documented(tmp_path: Path) -> None:
+    """The members must be the value's last two, in order, without whitespace; the last of each counts. What
+    the C check finds must be what the documented Python reading (`split_signed`) finds."""
     path = tmp_path / "keys.json"
     registry = KeyRegistry()
     key = registry.create("M1")
     registry.save(path)
-    value = reading("M1", 1)
-    good = headers(key.key_id, key.secret, value)
-    bad_mac = [("pp-kid", key.key_id.encode()), ("pp-sig", b"0" * 64)]
-    shapes = {
-        "documented order": good,
-        "reversed, among others": [("trace", b"x"), good[1], ("other", None), good[0]],
-        "repeated: the last wins": bad_mac + good,
-        "repeated: the last loses": good + bad_mac,
-        "a signature without a value": [good[0], ("pp-sig", None)],
-        "no headers": None,
-        "empty list": [],
-        "only the key id": [good[0]],
+    body = reading("M1", 1)
+    mac = hmac.new(key.secret, body, hashlib.sha256).hexdigest()
+    kid = key.key_id
+    shapes = {  # value -> expected verdict
+        "documented": (signed(kid, key.secret, body), "ok"),
+        "members swapped": (body[:-1] + f',"pp_sig":"{mac}","pp_kid":"{kid}"}}'.encode(), "unsigned"),
+        "spaces": (body[:-1] + f', "pp_kid": "{kid}", "pp_sig": "{mac}"}}'.encode(), "unsigned"),
+        "a newline after the object": (signed(kid, key.secret, body) + b"\n", "unsigned"),
+        "only the signature member": (body[:-1] + f',"pp_sig":"{mac}"}}'.encode(), "unsigned"),
+        "the body holds members of the same names": (
+            signed(kid, key.secret, b'{"pp_kid":"M2.k1","pp_sig":"' + b"0" * 64 + b'",' + body[1:]), "ok"),
+        "65 characters": (signed(kid, key.secret, body, mac + "0"), "bad_signature"),
+        "empty signature": (signed(kid, key.secret, body, ""), "bad_signature"),
+        "200 characters": (signed(kid, key.secret, body, mac * 3 + "a" * 8), "bad_signature"),
+        "a quote in the key id": (signed(kid + '"', key.secret, body), "unknown_device"),
+        "empty key id": (signed("", key.secret, body), "unknown_device"),
+        "not bytes": (bytearray(signed(kid, key.secret, body)), "unsigned"),
     }
-    expected = {name: "ok" if dict(h or []).get("pp-sig") == good[1][1] else
-                ("unsigned" if None in (dict(h or []).get("pp-kid"), dict(h or []).get("pp-sig")) else "bad_signature")
-                for name, h in shapes.items()}
-    batch = RawBatch("t", 0, list(range(len(shapes))), [value] * len(shapes), None, list(shapes.values()))
+    values = [value for value, _ in shapes.values()]
+    batch = RawBatch("t", 0, list(range(len(shapes))), values)  # type: ignore[arg-type]
     for compiled in (True, False):
         verdicts = SignatureCheck(RegistryWatcher(path), compiled=compiled).check(batch, list(range(len(shapes))))
         found = dict.fromkeys(shapes, "ok")
         for i, reason, _ in verdicts.refused:
             found[list(shapes)[i]] = reason
-        assert found == expected, compiled
-        assert verdicts.signers(verdicts.accepted().tolist()).to_pylist() == ["M1"] * list(expected.values()).count("ok")
+        assert found == {name: verdict for name, (_, verdict) in shapes.items()}, compiled
+        accepted = [value for value, verdict in shapes.values() if verdict == "ok"]
+        assert verdicts.bodies == b"\n".join(split_signed(v)[0] for v in accepted)  # type: ignore[index]
+        assert verdicts.signers(verdicts.accepted().tolist()).to_pylist() == ["M1"] * len(accepted)

@@ -1,8 +1,8 @@
 """Device identity through the broker and the live flow (issue 16): the simulator signs, the flow verifies,
 and forged readings reach the dead-letter topic with their reasons, never the windows.
 
-The embedded broker (tansu) carries Kafka headers like any Kafka; it cannot do TLS (see
-tests/test_transport_tls.py).
+The signature travels in the message value, so the broker needs nothing special; the embedded one (tansu)
+cannot do TLS (see tests/test_transport_tls.py).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from tests.brokerkit import isolated_settings
 pytestmark = pytest.mark.integration
 
 
-def _signed(key_id: str, secret: bytes, value: bytes) -> list[tuple[str, bytes]]:
-    return [("pp-kid", key_id.encode()), ("pp-sig", hmac.new(secret, value, hashlib.sha256).hexdigest().encode())]
+def _signed(key_id: str, secret: bytes, body: bytes) -> bytes:
+    """`body` as a device sends it (the documented wire format, computed with the standard library)."""
+    mac = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return body[:-1] + b',"pp_kid":"' + key_id.encode() + b'","pp_sig":"' + mac.encode() + b'"}'
 
 
 def test_signed_fleet_passes_and_forgeries_are_dead_lettered(broker: EmbeddedBroker, chdb_dir: Path,
@@ -61,23 +63,23 @@ def test_signed_fleet_passes_and_forgeries_are_dead_lettered(broker: EmbeddedBro
                            "status": "running", "temperature": 150.0}).encode()
 
     forged = {
-        "unsigned": (body(victim, 1), None),
-        "bad_signature": (body(victim, 2), _signed(stolen.key_id, b"\0" * 32, body(victim, 2))),
-        "unknown_device": (body(victim, 3), _signed(f"{victim}.k99", stolen.secret, body(victim, 3))),
-        "revoked_key": (body(victim, 4), _signed(revoked.key_id, revoked.secret, body(victim, 4))),
-        "identity_mismatch": (body(victim, 5), _signed(stolen.key_id, stolen.secret, body(victim, 5))),
+        "unsigned": body(victim, 1),
+        "bad_signature": _signed(stolen.key_id, b"\0" * 32, body(victim, 2)),
+        "unknown_device": _signed(f"{victim}.k99", stolen.secret, body(victim, 3)),
+        "revoked_key": _signed(revoked.key_id, revoked.secret, body(victim, 4)),
+        "identity_mismatch": _signed(stolen.key_id, stolen.secret, body(victim, 5)),
     }
     producer = Producer(settings.kafka_config())
-    for value, headers in forged.values():
-        producer.produce(settings.telemetry_topic, value, victim.encode(), headers=headers)
+    for value in forged.values():
+        producer.produce(settings.telemetry_topic, value, victim.encode())
     assert producer.flush(30) == 0
     before = {reason: metrics.DEAD_LETTERS.labels(reason)._value.get() for reason in forged}
 
     run_main(build_flow(settings, tail=False))
 
     letters = read_topic(settings, settings.deadletter_topic)
-    reasons = sorted(dict(letter.headers)["reason"].decode() for letter in letters)
-    assert reasons == sorted(forged)
+    assert sorted((dict(letter.headers)["reason"].decode(), letter.value) for letter in letters) == sorted(
+        forged.items())  # each forgery dead-lettered as it was sent, with its own reason
     assert {reason: metrics.DEAD_LETTERS.labels(reason)._value.get() - before[reason] for reason in forged} == {
         reason: 1.0 for reason in forged}
     # Only the simulator's 600 signed readings reached the windows; none of the forged 150 degC readings.

@@ -25,7 +25,6 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
-from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -50,7 +49,7 @@ from bench.fuzz_known_bugs import DECODE_BUGS_FIXED
 from bench.fuzz_signatures import DeviceKeys
 from connectors.replay_sources import open_input
 from flows.decode import BatchDecoder
-from plantpulse.device_signing import sign
+from plantpulse.device_signing import mac
 from plantpulse.schema import MAX_SEQ, PHYSICAL_LIMITS, SENSORS, STATUSES, RawBatch
 from tests.flowkit import config, run_pipeline
 
@@ -90,38 +89,44 @@ def test_signed_and_tampered_polls_get_exactly_their_outcomes(
     decode_and_check(signing_decoder(keys), cases, 0, Account())
 
 
-def _header_variants(kid: bytes, sig: bytes) -> dict[str, tuple[list | None, str]]:
-    """Headers a device (or an attacker) might send with a body whose right headers are (`kid`, `sig`)."""
+def _member_variants(body: bytes, kid: bytes, sig: bytes) -> dict[str, tuple[bytes, str]]:
+    """What a device (or an attacker) might send for `body`, whose right key id and signature are (`kid`,
+    `sig`): the documented form is `body[:-1] + ,"pp_kid":"<kid>","pp_sig":"<sig>"}`."""
     flipped = bytes([sig[0] ^ 0x01]) + sig[1:]
+
+    def members(key_id: bytes, signature: bytes) -> bytes:
+        return body[:-1] + b',"pp_kid":"' + key_id + b'","pp_sig":"' + signature + b'"}'
+
     return {
-        "no_headers": (None, "unsigned"), "empty": ([], "unsigned"), "only_key_id": ([("pp-kid", kid)], "unsigned"),
-        "only_signature": ([("pp-sig", sig)], "unsigned"),
-        "null_signature": ([("pp-kid", kid), ("pp-sig", None)], "unsigned"),  # Kafka allows a header without value
-        "null_key_id": ([("pp-kid", None), ("pp-sig", sig)], "unsigned"),
-        "empty_signature": ([("pp-kid", kid), ("pp-sig", b"")], "bad_signature"),
-        "short_signature": ([("pp-kid", kid), ("pp-sig", sig[:-1])], "bad_signature"),
-        "upper_case_signature": ([("pp-kid", kid), ("pp-sig", sig.upper())], "bad_signature"),
-        "flipped_signature": ([("pp-kid", kid), ("pp-sig", flipped)], "bad_signature"),
-        "unknown_key": ([("pp-kid", b"nobody.k1"), ("pp-sig", sig)], "unknown_device"),
-        "key_id_not_utf8": ([("pp-kid", b"\xff\xfe"), ("pp-sig", sig)], "unknown_device"),
-        "headers_swapped": ([("pp-sig", sig), ("pp-kid", kid)], ACCEPTED),
-        "extra_header": ([("pp-kid", kid), ("pp-sig", sig), ("trace", b"x")], ACCEPTED),
+        "documented": (members(kid, sig), ACCEPTED),
+        "no_members": (body, "unsigned"),
+        "only_key_id": (body[:-1] + b',"pp_kid":"' + kid + b'"}', "unsigned"),
+        "only_signature": (body[:-1] + b',"pp_sig":"' + sig + b'"}', "unsigned"),
+        "members_swapped": (body[:-1] + b',"pp_sig":"' + sig + b'","pp_kid":"' + kid + b'"}', "unsigned"),
+        "spaces": (body[:-1] + b', "pp_kid": "' + kid + b'", "pp_sig": "' + sig + b'"}', "unsigned"),
+        "trailing_newline": (members(kid, sig) + b"\n", "unsigned"),
+        "empty_signature": (members(kid, b""), "bad_signature"),
+        "short_signature": (members(kid, sig[:-1]), "bad_signature"),
+        "upper_case_signature": (members(kid, sig.upper()), "bad_signature"),
+        "flipped_signature": (members(kid, flipped), "bad_signature"),
+        "unknown_key": (members(b"nobody.k1", sig), "unknown_device"),
+        "key_id_not_utf8": (members(b"\xff\xfe", sig), "unknown_device"),
+        "key_id_sql": (members(b"' OR 1=1 --", sig), "unknown_device"),
     }
 
 
-@pytest.mark.parametrize("variant", sorted(_header_variants(b"k", b"s" * 64)))
+@pytest.mark.parametrize("variant", sorted(_member_variants(b"{}", b"k", b"s" * 64)))
 @pytest.mark.parametrize("position", ["alone", "among_signed"])
-def test_each_header_variant_gets_its_reason(variant: str, position: str) -> None:
-    """One message with odd headers, alone or amid well-signed ones (the poll the signature check handles in
-    one go when every message is well formed), gets its reason; the others stay accepted."""
+def test_each_signature_variant_gets_its_reason(variant: str, position: str) -> None:
+    """One message with odd signature members, alone or amid well-signed ones (the poll the signature check
+    handles in one go when every message is well formed), gets its reason; the others stay accepted."""
     keys = DeviceKeys()
     rng = random.Random(variant)
-    good = sign_cases([Case(json.dumps(valid_reading(rng)).encode(), ACCEPTED, "valid") for _ in range(20)], rng,
-                      keys, 0.0)
-    target = good[7]
-    key = keys.key_of(json.loads(target.value)["machine_id"])
-    headers, expected = _header_variants(key.key_id.encode(), sign(key.secret, target.value))[variant]
-    odd = dataclasses.replace(target, headers=headers, expected=expected, category=variant)
+    bodies = [json.dumps(valid_reading(rng)).encode() for _ in range(20)]
+    good = sign_cases([Case(body, ACCEPTED, "valid") for body in bodies], rng, keys, 0.0)
+    key = keys.key_of(json.loads(bodies[7])["machine_id"])
+    value, expected = _member_variants(bodies[7], key.key_id.encode(), mac(key.secret, bodies[7]))[variant]
+    odd = Case(value, expected, variant)
     cases = [odd] if position == "alone" else [*good[:7], odd, *good[8:]]
     decode_and_check(signing_decoder(keys), cases, 0, Account())
 
@@ -321,8 +326,7 @@ def test_flow_counters_account_for_every_message_with_duplicates(tmp_path: Path,
     if keys is not None:
         keys.current().save(tmp_path / "device-keys.json")
         cfg = dataclasses.replace(cfg, device_keys=tmp_path / "device-keys.json")
-    batches = [RawBatch("telemetry", 0, list(range(i, i + len(cases[i:i + 97]))), [c.value for c in cases[i:i + 97]],
-                        headers=cast(list, [c.headers for c in cases[i:i + 97]]) if signed else None)
+    batches = [RawBatch("telemetry", 0, list(range(i, i + len(cases[i:i + 97]))), [c.value for c in cases[i:i + 97]])
                for i in range(0, len(cases), 97)]
     before = _counters()
     result = run_pipeline(batches, cfg, clock=lambda: NOW_MS / 1000)
