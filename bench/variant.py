@@ -46,6 +46,7 @@ PARTITIONS = 8
 BATCH = 10_000
 WINDOW_MS = 10_000
 LATENESS_MS = 1_000
+_SIGN_CHUNK = 100_000
 
 
 class KafkaLikePolls:
@@ -84,9 +85,12 @@ def _sign_as_devices(machine_ids: pa.DictionaryArray, raw: pa.Array, keys_file: 
     registry = KeyRegistry()
     keys = [registry.create(machine_id) for machine_id in machine_ids.dictionary.to_pylist()]
     registry.save(keys_file)
-    codes = machine_ids.indices.to_numpy().tolist()
-    return pa.array([sign_reading(keys[c].key_id, keys[c].secret, v) for c, v in zip(codes, raw.to_pylist())],
-                    pa.binary())
+    codes = machine_ids.indices.to_numpy()
+    chunks = []
+    for start in range(0, len(raw), _SIGN_CHUNK):  # a chunk at a time: the Python objects stay few
+        part = zip(codes[start:start + _SIGN_CHUNK].tolist(), raw.slice(start, _SIGN_CHUNK).to_pylist())
+        chunks.append(pa.array([sign_reading(keys[c].key_id, keys[c].secret, v) for c, v in part], pa.binary()))
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.binary())
 
 
 def run_flow(
