@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck, Verdicts
+from flows.device_auth import IDENTITY_MISMATCH, SignatureCheck, SignedBodies, Verdicts
 from flows.input_guards import BOM, INT64, MAX_NESTING, OBJECT_FIRST, is_utf8, too_deep
 from plantpulse.schema import (
     CHANNEL_LIMIT,
@@ -159,25 +159,30 @@ class BatchDecoder:
             joined = b"\n".join(values[i] for i in candidates)
         else:
             joined = values.joined() if isinstance(values, BinaryValues) else b"\n".join(values)
+        # What is parsed: a signed message's body, never its value (the members of a body that is no closed
+        # object would land inside it); a dead letter keeps the value as it came.
+        texts: Sequence[bytes] = SignedBodies(values) if verdicts is not None else values
         # Depth is bounded before parsing too: parsers recurse per level (msgspec fails at a depth that depends
         # on the caller's stack), so a deep message is refused here, like an oversized one.
-        deep = set(too_deep(values, joined, candidates)) if candidates else set()
+        deep = set(too_deep(texts, joined, candidates)) if candidates else set()
         if deep:
             for i in sorted(deep):
                 dead.append(_dead(batch, i, SCHEMA, f"nested deeper than {MAX_NESTING} levels"))
             candidates = [i for i in candidates if i not in deep]
-            joined = b"\n".join(values[i] for i in candidates)
-        channels = _read_channels(batch, candidates, dead) if _CHANNELS_KEY in joined else {}
-        table = self._parse(batch, candidates, dead, joined)
+            joined = b"\n".join(texts[i] for i in candidates)
+        channels = _read_channels(batch, texts, candidates, dead) if _CHANNELS_KEY in joined else {}
+        table = self._parse(batch, texts, candidates, dead, joined)
         readings = self._validate(batch, table, candidates, now_ms, dead, sizes, channels, verdicts)
         return DecodedBatch(readings=readings, dead_letters=dead, received=len(values))
 
-    def _parse(self, batch: RawBatch, candidates: list[int], dead: list[DeadLetter], joined: bytes) -> pa.Table:
-        """Parse candidates (`joined`: them, or their signed bodies, joined by newlines) into a wire-schema
-        table; drops (and dead-letters) unparseable ones in place."""
+    def _parse(
+        self, batch: RawBatch, texts: Sequence[bytes], candidates: list[int], dead: list[DeadLetter], joined: bytes
+    ) -> pa.Table:
+        """Parse candidates (`texts`: what is parsed of each message; `joined`: the candidates' texts joined by
+        newlines) into a wire-schema table; drops (and dead-letters) unparseable ones in place."""
         if not candidates:
             return WIRE_ARROW_SCHEMA.empty_table()
-        values = batch.values
+        values = texts
         every = len(candidates) == len(values)
         table = _read_json_lines(values if every else [values[i] for i in candidates], joined)
         if table is not None:
@@ -267,11 +272,13 @@ DECODED_COLUMNS = (
 )
 
 
-def _read_channels(batch: RawBatch, candidates: list[int], dead: list[DeadLetter]) -> dict[int, dict[str, float | None]]:
+def _read_channels(
+    batch: RawBatch, texts: Sequence[bytes], candidates: list[int], dead: list[DeadLetter]
+) -> dict[int, dict[str, float | None]]:
     """The `channels` objects of the candidates that have one, validated; a bad one dead-letters its message
     (`bad_channels`, removed from `candidates` in place). The caller searches the poll's bytes first, so a
-    poll without channels costs one scan."""
-    values = batch.values
+    poll without channels costs one scan. `texts`: what is parsed of each message."""
+    values = texts
     found: dict[int, dict[str, float | None]] = {}
     refused: set[int] = set()
     for i in candidates:

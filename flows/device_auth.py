@@ -65,6 +65,22 @@ class Verdicts:
         return self.machines.take(pa.array(self.signer_rows[np.asarray(messages, dtype=np.int64)]))
 
 
+class SignedBodies(Sequence[bytes]):
+    """What is parsed of each message of a checked poll, by message index: its signed body (a message without
+    the members, refused before any parsing, reads as its value). The members are appended after the body's
+    last byte, so parsing the value would put them inside a body that is no closed object."""
+
+    def __init__(self, values: Sequence[bytes]) -> None:
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, i: int) -> bytes:  # type: ignore[override]  # by index only
+        members = split_signed(self._values[i])
+        return members[0] if members else self._values[i]
+
+
 class _Keys:
     """One registry load, arranged for checking: key id -> row, and per row the machine, whether revoked,
     and the precomputed HMAC states."""

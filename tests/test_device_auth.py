@@ -88,6 +88,9 @@ def test_each_refusal_has_its_own_reason_and_valid_readings_pass(tmp_path: Path,
         (signed(revoked.key_id, revoked.secret, reading("M3", 1)), "revoked_key"),
         (signed(old.key_id, old.secret, reading("M2", 3)), "identity_mismatch"),
         (signed(old.key_id, old.secret, b"{not json}"), "not_json"),  # signed, then judged
+        # An unclosed object whose last byte closes its channels: the members land inside the channels in the
+        # value, but what is judged is the body the device signed (found by the fuzzer).
+        (signed(old.key_id, old.secret, b'{"machine_id":"M1","channels":{"c0":1.0}'), "not_json"),
     ]
     batch = RawBatch("telemetry", 0, list(range(100, 100 + len(cases))), [c[0] for c in cases], [b"k"] * len(cases))
     decoder = BatchDecoder(signatures=SignatureCheck(RegistryWatcher(path, reload_s=60), compiled=compiled))
