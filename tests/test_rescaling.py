@@ -62,8 +62,8 @@ def test_rescale_1_2_3_1_equals_an_uninterrupted_run(broker, chdb_dir: Path, tmp
     started = time.monotonic()
     settings = isolated_settings(broker.bootstrap, tmp_path, label="rescale", create_topics=True, partitions=4)
     recording = tmp_path / "rescale.parquet"
-    summary = produce(settings, Simulator(build_fleet(60, seed=21), seed=21, faults="all", fault_rate=0.3),
-                      count=60_000, record_path=recording)
+    summary = produce(settings, Simulator(build_fleet(40, seed=21), seed=21, faults="all", fault_rate=0.3),
+                      count=40_000, record_path=recording)
     total = summary.messages
     env = flow_env(
         settings, tmp_path,
