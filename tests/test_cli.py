@@ -91,13 +91,15 @@ def test_broker_command_prints_its_address_and_stops_on_ctrl_c() -> None:
         assert _stop(process) == 0
 
 
-@pytest.mark.parametrize("command", [PLANTPULSE + ["run"], BYTEWAX_RUN], ids=["plantpulse-run", "bytewax-run"])
+@pytest.mark.parametrize("command", [BYTEWAX_RUN], ids=["bytewax-run"])
 def test_run_initialises_recovery_store_and_resumes_from_it(kafka_settings, tmp_path: Path,
                                                             command: list[str]) -> None:
     """Positive controls only: the first run consumes the topic and a snapshot covers it (its lake rows are
     written at snapshot time), then stops on SIGTERM; more readings are produced; the resumed run (SIGINT
     stop) must consume exactly those: none (a hung flow) or more (no recovery: the topic again) fails.
-    `python -m bytewax.run` gets RECOVERY_DIR and SNAPSHOT_INTERVAL_SECONDS as `plantpulse run` does."""
+    `python -m bytewax.run` gets RECOVERY_DIR, RECOVERY_PARTITIONS and SNAPSHOT_INTERVAL_SECONDS as `plantpulse run`
+    does. The same sequence with `plantpulse run` (store of RECOVERY_PARTITIONS files, SIGTERM, exact resume,
+    SIGINT) is tests/test_quiet_stream.py::test_a_clean_stop_writes_what_is_due_and_a_resume_stays_exactly_once."""
     settings = kafka_settings(create_topics=True, partitions=2)
     recovery = tmp_path / "recovery"
     env = flow_env(settings, tmp_path, RECOVERY_DIR=str(recovery), RECOVERY_PARTITIONS="3",

@@ -52,7 +52,7 @@ def test_ready_means_consuming(tmp_path: Path) -> None:
         metrics = [free_port(), free_port()]
         addresses = ";".join(f"127.0.0.1:{p}" for p in cluster)
         env = flow_env(settings, tmp_path, MACHINES_FILE=str(tmp_path / "machines.csv"),
-                       READY_MAX_POLL_AGE_SECONDS="5", BYTEWAX_STATEFULSET_NAME="plantpulse-flow",
+                       READY_MAX_POLL_AGE_SECONDS="3", BYTEWAX_STATEFULSET_NAME="plantpulse-flow",
                        BYTEWAX_SERVICE_NAME="unused", BYTEWAX_REPLICAS="2", BYTEWAX_ADDRESSES=addresses)
         processes: list[subprocess.Popen] = []
         logs = [tmp_path / f"flow-{i}.log" for i in range(2)]
@@ -83,7 +83,7 @@ def test_ready_means_consuming(tmp_path: Path) -> None:
                      lambda: sum((scrape(m) or {}).get("plantpulse_readings_received_total", 0) for m in metrics) == 2_000,
                      processes, logs)
             # Still ready while idle at the end of the topic (longer than READY_MAX_POLL_AGE_SECONDS): polls go on.
-            time.sleep(6)
+            time.sleep(4)
             assert [(ready(m) or (0, ""))[0] for m in metrics] == [200, 200]
 
             broker.stop()
