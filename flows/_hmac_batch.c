@@ -179,7 +179,14 @@ static PyObject *check(PyObject *self, PyObject *args) {
         pending[n_pending++] = (Pending){i, key_id_at, hex_at, (int32_t)row, value};
     }
     const SHA_LONG *key_states = (const SHA_LONG *)states.buf;
-    Py_ssize_t bodies_size = 0, n_ok = 0;
+    /* The verified bodies are copied right after their HMAC, while the bytes are in cache: into a buffer big
+     * enough for every pending body (a brace and a newline each), cut to size afterwards. */
+    Py_ssize_t most = 0;
+    for (Py_ssize_t j = 0; j < n_pending; j++) most += pending[j].body_size + 2;
+    bodies_obj = PyBytes_FromStringAndSize(NULL, most);
+    if (bodies_obj == NULL) goto done;
+    char *const first = PyBytes_AS_STRING(bodies_obj);
+    char *out = first;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < n_pending; j++) {
         const Pending *p = &pending[j];
@@ -192,20 +199,15 @@ static PyObject *check(PyObject *self, PyObject *args) {
         int good = hmac_matches(&key_states[2 * STATE_WORDS * p->row], text, (size_t)p->body_size,
                                 text + p->signature);
         codes[p->message] = good ? CODE_OK : CODE_MISMATCH;
-        if (good) { bodies_size += p->body_size + 2; n_ok++; } /* the brace, and a newline (one too many) */
+        if (good) {
+            if (out != first) *out++ = '\n';
+            memcpy(out, text, (size_t)p->body_size);
+            out += p->body_size;
+            *out++ = '}';
+        }
     }
     Py_END_ALLOW_THREADS
-    bodies_obj = PyBytes_FromStringAndSize(NULL, n_ok ? bodies_size - 1 : 0);
-    if (bodies_obj == NULL) goto done;
-    char *out = PyBytes_AS_STRING(bodies_obj);
-    for (Py_ssize_t j = 0; j < n_pending; j++) {
-        const Pending *p = &pending[j];
-        if (codes[p->message] != CODE_OK) continue;
-        if (out != PyBytes_AS_STRING(bodies_obj)) *out++ = '\n';
-        memcpy(out, PyBytes_AS_STRING(p->value), (size_t)p->body_size);
-        out += p->body_size;
-        *out++ = '}';
-    }
+    if (_PyBytes_Resize(&bodies_obj, out - first) < 0) goto done; /* on failure it freed the object and set it NULL */
     result = PyTuple_Pack(3, codes_obj, rows_obj, bodies_obj);
 done:
     for (Py_ssize_t j = 0; j < n_pending; j++) Py_DECREF(pending[j].value);
