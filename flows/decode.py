@@ -278,16 +278,16 @@ def _read_channels(
     """The `channels` objects of the candidates that have one, validated; a bad one dead-letters its message
     (`bad_channels`, removed from `candidates` in place). The caller searches the poll's bytes first, so a
     poll without channels costs one scan. `texts`: what is parsed of each message."""
-    values = texts
     found: dict[int, dict[str, float | None]] = {}
     refused: set[int] = set()
     for i in candidates:
-        if _CHANNELS_KEY not in values[i]:
+        text = texts[i]  # once: a signed message's body is cut from its value on each access
+        if _CHANNELS_KEY not in text:
             continue
-        if not is_utf8(values[i]):
+        if not is_utf8(text):
             continue  # the batch parse names it (not_json)
         try:
-            channels = _CHANNELS_DECODER.decode(values[i]).channels
+            channels = _CHANNELS_DECODER.decode(text).channels
         except RecursionError:
             dead.append(_dead(batch, i, SCHEMA, "nested too deeply to read its channels"))
             refused.add(i)
@@ -299,7 +299,7 @@ def _read_channels(
             continue  # another field is wrong: the batch parse names it
         except msgspec.DecodeError:
             try:  # Python's parser accepts NaN/Infinity, which JSON does not (and pyarrow would skip them here)
-                parsed = json.loads(values[i].decode("utf-8"))
+                parsed = json.loads(text.decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError):
                 continue  # not JSON at all: the batch parse names it
             if isinstance(parsed, dict) and "channels" in parsed:
